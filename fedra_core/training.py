@@ -1,0 +1,111 @@
+"""Local training and evaluation loops."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fedra_core.depthfl import forward_outputs, mutual_distillation_loss
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local optimisation settings; defaults are the FedRA reference code's.
+
+    max_steps caps the optimiser steps per round (None: ``local_epochs`` full passes).
+    distill_weight: weight of DepthFL's mutual distillation (0 for the other methods).
+    """
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    clip_norm: float = 10.0
+    batch_size: int = 128
+    local_epochs: int = 1
+    max_steps: int | None = None
+    bf16: bool = False
+    distill_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a round of local training produced: mean loss, dataset size, examples seen, steps."""
+
+    loss: float
+    num_examples: int
+    examples_seen: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Top-1 accuracy (0..1), mean cross-entropy and the number of examples evaluated."""
+
+    accuracy: float
+    loss: float
+    num_examples: int
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def train_local(
+    model: nn.Module,
+    dataset: Dataset,
+    settings: TrainSettings,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> TrainResult:
+    """Train the trainable parameters of ``model`` on ``dataset`` with SGD and gradient clipping.
+
+    The data order and dropout follow ``seed``. Returns a :class:`TrainResult`; the model is
+    updated in place.
+    """
+    device = torch.device(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator, drop_last=False)
+    torch.manual_seed(seed)  # LoRA dropout
+    model.train()
+    total_loss, seen, steps = 0.0, 0, 0
+    for _ in range(settings.local_epochs):
+        for images, labels in loader:
+            if settings.max_steps is not None and steps >= settings.max_steps:
+                break
+            images, labels = images.to(device), labels.to(device)
+            with _autocast(device, settings.bf16):
+                outputs = forward_outputs(model, images)
+                loss = mutual_distillation_loss([o.float() for o in outputs], labels, settings.distill_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, settings.clip_norm)
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(labels)
+            seen += len(labels)
+            steps += 1
+    model.eval()
+    return TrainResult(loss=total_loss / max(seen, 1), num_examples=len(dataset), examples_seen=seen, steps=steps)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str | torch.device = "cpu", bf16: bool = False
+) -> EvalResult:
+    """Return the top-1 accuracy and mean loss of ``model`` (its final head) on ``dataset``."""
+    device = torch.device(device)
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        images, labels = images.to(device), labels.to(device)
+        with _autocast(device, bf16):
+            logits = model(images).float()
+        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        total += len(labels)
+    return EvalResult(accuracy=correct / max(total, 1), loss=loss_sum / max(total, 1), num_examples=total)

@@ -1,0 +1,225 @@
+"""The FedRA ServerApp: config in, capacities, rounds of allocation/training/aggregation, evaluation,
+checkpoint and outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedra_core import build_trainable_model, evaluate, load_trainable_state, resolve_backbone, trainable_state
+from fedra_core.backbones import Backbone
+from fedra_core.data.federation import client_shards, test_sets
+from fedra_core.depthfl import consistency_weight
+from fedra_core.lora import export_peft_adapter
+from fedra_core.run_config import RunConfig, load_run_config
+from fedra_core.state import State, clone_state
+from server_app import outputs
+from server_app.checkpoint import CHECKPOINT_NAME, ServerState, load_checkpoint, save_checkpoint
+from server_app.strategy import FedRAStrategy, NodeInfo
+from server_app.validation import ReplyLimits
+
+log = logging.getLogger("fedra")
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run a FedRA federation with the run config of ``context``."""
+    _setup_logging()
+    run_federation(grid, dict(context.run_config))
+
+
+def _setup_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[fedra] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+@dataclass
+class Evaluator:
+    """The full global model (every block) and the test split of every domain."""
+
+    model: torch.nn.Module
+    test: dict
+    batch_size: int
+    bf16: bool
+
+    def __call__(self, state: State) -> dict[str, float]:
+        """Return top-1 accuracy per domain of the model carrying ``state``."""
+        load_trainable_state(self.model, state)
+        return {d: evaluate(self.model, ds, self.batch_size, bf16=self.bf16).accuracy for d, ds in self.test.items()}
+
+
+def prepare(cfg: RunConfig) -> tuple[Backbone, Evaluator, State]:
+    """Resolve the backbone, load the test sets and build the seeded initial global state.
+
+    Everything that can fail on bad configuration fails here, before any training.
+    """
+    backbone = resolve_backbone(cfg.backbone_spec())
+    cfg.check_against_backbone(backbone.num_layers)
+    test = test_sets(cfg.data_spec(), cfg.eval_max_examples)
+    client_shards(cfg.data_spec())  # validates partitioning now rather than on the nodes
+    torch.manual_seed(cfg.seed)
+    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.method_settings())
+    initial = clone_state(trainable_state(model))
+    return backbone, Evaluator(model, test, cfg.eval_batch_size, cfg.bf16), initial
+
+
+def discover_nodes(grid: Grid, strategy: FedRAStrategy, timeout: float) -> None:
+    """Query every node not yet known for its capacity and partition; register those that answer."""
+    new = [n for n in grid.get_node_ids() if n not in strategy.nodes]
+    if not new:
+        return
+    messages = [
+        Message(RecordDict({"config": ConfigRecord({"fingerprint": strategy.fingerprint})}), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in new
+    ]
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node_id = reply.metadata.src_node_id
+        if reply.has_error():
+            log.warning("node %d did not answer the capacity query: %s", node_id, reply.error.reason)
+            continue
+        metrics, config = reply.content["metrics"], reply.content["config"]
+        if config["fingerprint"] != strategy.fingerprint:
+            log.warning(
+                "node %d holds a different backbone (fingerprint %s, server %s): left out",
+                node_id, config["fingerprint"], strategy.fingerprint,
+            )
+            continue
+        try:
+            strategy.register(NodeInfo(node_id, int(metrics["partition-id"]), int(metrics["capacity-layers"])))
+        except ValueError as exc:
+            log.warning("%s: node left out", exc)
+            continue
+        log.info(
+            "node %d: partition %d, capacity %d blocks, device %s",
+            node_id, int(metrics["partition-id"]), int(metrics["capacity-layers"]), config["device"],
+        )
+
+
+def run_federation(grid: Grid, run_config: dict) -> Path:
+    """Run every round of a federation on ``grid``; return the run folder."""
+    cfg = load_run_config(run_config)
+    backbone, evaluator, global_state = prepare(cfg)
+    run_dir = Path(cfg.output_dir) / (cfg.run_name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    method = cfg.method_settings()
+    strategy = FedRAStrategy(
+        method=method,
+        num_layers=backbone.num_layers,
+        fingerprint=backbone.fingerprint,
+        seed=cfg.seed,
+        weighted=cfg.aggregation == "examples",
+        min_replies=cfg.min_replies,
+        limits=ReplyLimits(cfg.max_update_norm, cfg.max_examples),
+        sampling=cfg.client_sampling,
+        clients_per_round=cfg.clients_per_round,
+        shards=client_shards(cfg.data_spec()),
+        distill_weight_fn=(lambda r: consistency_weight(r, cfg.depthfl_ramp_rounds)) if cfg.method == "depthfl" else None,
+    )
+    strategy.summary()
+    first_round = 1
+    if cfg.resume and ckpt_path.is_file():
+        saved = load_checkpoint(ckpt_path)
+        if saved.info.get("fingerprint") != backbone.fingerprint:
+            raise ValueError(f"resume: checkpoint {ckpt_path} was made with another backbone")
+        global_state, strategy.momentum, first_round = saved.global_state, saved.momentum, saved.round + 1
+        outputs.truncate_metrics(run_dir, saved.round)
+        log.info("resuming %s after round %d", run_dir, saved.round)
+    else:
+        (run_dir / "metrics.jsonl").write_text("")
+        accuracy = evaluator(global_state) if cfg.eval_every else {}
+        _log_record(run_dir, _record(0, accuracy), cfg.num_server_rounds)
+    save_config = {k: v for k, v in cfg.model_dump(by_alias=True).items()}
+    (run_dir / "config.json").write_text(json.dumps(save_config, indent=2))
+
+    for server_round in range(first_round, cfg.num_server_rounds + 1):
+        start = time.perf_counter()
+        discover_nodes(grid, strategy, cfg.round_timeout)
+        if not strategy.nodes:
+            raise RuntimeError("no node answered the capacity query; is any SuperNode connected with the same backbone?")
+        messages = list(strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), grid))
+        replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
+        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            global_state = new_arrays.to_torch_state_dict()
+        last = server_round == cfg.num_server_rounds
+        evaluate_now = cfg.eval_every and (server_round % cfg.eval_every == 0 or last)
+        accuracy = evaluator(global_state) if evaluate_now else {}
+        record = _record(server_round, accuracy, strategy, time.perf_counter() - start)
+        _log_record(run_dir, record, cfg.num_server_rounds)
+        save_checkpoint(
+            ckpt_path,
+            ServerState(
+                round=server_round,
+                global_state=global_state,
+                momentum=strategy.momentum,
+                info={"fingerprint": backbone.fingerprint, "capacities": {str(n.partition_id): n.capacity for n in strategy.nodes.values()}},
+            ),
+        )
+
+    finish(run_dir, cfg, backbone, global_state)
+    return run_dir
+
+
+def _record(server_round: int, accuracy: dict[str, float], strategy: FedRAStrategy | None = None, seconds: float = 0.0) -> dict:
+    record: dict = {"round": server_round, "seconds": round(seconds, 3)}
+    if accuracy:
+        record["accuracy"] = accuracy
+        record["average"] = sum(accuracy.values()) / len(accuracy)
+    if strategy is not None and strategy.plan is not None and strategy.outcome is not None:
+        plan, outcome = strategy.plan, strategy.outcome
+        record.update(
+            {
+                "partitions": [n.partition_id for n in plan.nodes],
+                "node-ids": [n.node_id for n in plan.nodes],
+                "capacities": [n.capacity for n in plan.nodes],
+                "allocation": plan.allocation.astype(int).tolist(),
+                "bytes-sent": {str(k): v for k, v in plan.bytes_sent.items()},
+                "bytes-received": {str(k): v for k, v in outcome.bytes_received.items()},
+                "accepted": outcome.accepted,
+                "rejected": {str(k): v for k, v in outcome.rejected.items()},
+                "skipped": outcome.skipped,
+                "train-loss": outcome.train_loss,
+            }
+        )
+    return record
+
+
+def _log_record(run_dir: Path, record: dict, num_rounds: int) -> None:
+    outputs.append_metrics(run_dir, record)
+    parts = [f"round {record['round']}/{num_rounds}"]
+    if record["round"]:
+        sent = sum(record["bytes-sent"].values()) / 1e6
+        recv = sum(record["bytes-received"].values()) / 1e6
+        parts += [f"{record['seconds']:.1f} s", f"sent {sent:.2f} MB", f"received {recv:.2f} MB",
+                  f"replies {len(record['accepted'])}/{len(record['node-ids'])}"]
+        if record["train-loss"] is not None:
+            parts.append(f"train loss {record['train-loss']:.3f}")
+        if record["skipped"]:
+            parts.append("SKIPPED (too few replies)")
+    if "average" in record:
+        parts.append(f"accuracy {100 * record['average']:.2f}%")
+    log.info(" | ".join(parts))
+
+
+def finish(run_dir: Path, cfg: RunConfig, backbone: Backbone, global_state: State) -> None:
+    """Write the final adapter, summary.md and plots, and print the per-domain table."""
+    export_peft_adapter(global_state, backbone, cfg.lora(), run_dir / "adapter")
+    records = outputs.read_metrics(run_dir)
+    outputs.write_summary(run_dir, cfg.model_dump(by_alias=True), records)
+    outputs.write_plots(run_dir, records, backbone.num_layers)
+    log.info("per-domain top-1 accuracy (%%) of the global model:\n%s", outputs.per_domain_table([records[0], records[-1]]))
+    log.info("outputs in %s", run_dir.resolve())

@@ -1,0 +1,109 @@
+"""Run folder outputs: metrics.jsonl, summary.md, plots, the exported adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one round's record as a JSON line to ``metrics.jsonl``."""
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Return the records of ``metrics.jsonl`` (empty when absent)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: Path, last_round: int) -> None:
+    """Drop records after ``last_round`` (a resumed run rewrites them)."""
+    kept = [r for r in read_metrics(run_dir) if r["round"] <= last_round]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def per_domain_table(records: list[dict[str, Any]]) -> str:
+    """Return a markdown table: one row per evaluated round, a column per domain and the average (%)."""
+    evaluated = [r for r in records if r.get("accuracy")]
+    if not evaluated:
+        return "(no evaluation yet)\n"
+    domains = list(evaluated[-1]["accuracy"])
+    lines = ["| round | " + " | ".join(domains) + " | average |", "|---" * (len(domains) + 2) + "|"]
+    for r in evaluated:
+        accs = [100 * r["accuracy"][d] for d in domains]
+        lines.append(f"| {r['round']} | " + " | ".join(f"{a:.2f}" for a in accs) + f" | {100 * r['average']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(run_dir: Path, config: dict[str, Any], records: list[dict[str, Any]]) -> Path:
+    """Write ``summary.md``: the settings, the accuracy table and the traffic totals; return its path."""
+    sent = sum(sum(r.get("bytes-sent", {}).values()) for r in records)
+    received = sum(sum(r.get("bytes-received", {}).values()) for r in records)
+    rejected = sum(len(r.get("rejected", {})) for r in records)
+    text = [
+        "# FedRA run summary",
+        "",
+        f"method `{config['method']}`, backbone `{config['backbone']}`, dataset `{config['dataset']}`, "
+        f"{len([r for r in records if r['round'] > 0])} rounds, seed {config['seed']}",
+        "",
+        "## Top-1 accuracy (%) of the global model per domain",
+        "",
+        per_domain_table(records),
+        "## Traffic",
+        "",
+        f"sent to nodes: {sent / 1e6:.3f} MB; received from nodes: {received / 1e6:.3f} MB; rejected replies: {rejected}",
+        "",
+    ]
+    path = run_dir / "summary.md"
+    path.write_text("\n".join(text))
+    return path
+
+
+def write_plots(run_dir: Path, records: list[dict[str, Any]], num_layers: int) -> list[Path]:
+    """Draw ``accuracy.png`` (per domain over rounds) and ``allocation.png`` (blocks x nodes over rounds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    evaluated = [r for r in records if r.get("accuracy")]
+    if evaluated:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        rounds = [r["round"] for r in evaluated]
+        for d in evaluated[-1]["accuracy"]:
+            ax.plot(rounds, [100 * r["accuracy"].get(d, np.nan) for r in evaluated], label=d, alpha=0.8)
+        ax.plot(rounds, [100 * r["average"] for r in evaluated], "k-", lw=2.5, label="average")
+        ax.set(xlabel="round", ylabel="top-1 accuracy (%)", title="Global model accuracy per domain")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        fig.tight_layout()
+        paths.append(run_dir / "accuracy.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    trained = [r for r in records if r.get("allocation")]
+    if trained:
+        partitions = sorted({p for r in trained for p in r["partitions"]})
+        fig, axes = plt.subplots(1, len(partitions), figsize=(1.2 + 1.6 * len(partitions), 4), sharey=True, squeeze=False)
+        for ax, p in zip(axes[0], partitions):
+            grid = np.full((len(trained), num_layers), np.nan)
+            for i, r in enumerate(trained):
+                if p in r["partitions"]:
+                    grid[i] = r["allocation"][r["partitions"].index(p)]
+            ax.imshow(grid, aspect="auto", cmap="Greens", vmin=0, vmax=1, interpolation="nearest",
+                      extent=(-0.5, num_layers - 0.5, trained[-1]["round"] + 0.5, trained[0]["round"] - 0.5))
+            ax.set(title=f"node {p}", xlabel="block")
+        axes[0][0].set_ylabel("round")
+        fig.suptitle("Blocks held by each node per round")
+        fig.tight_layout()
+        paths.append(run_dir / "allocation.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths

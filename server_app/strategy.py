@@ -1,0 +1,244 @@
+"""The FedRA strategy: per-node block allocation out, validated per-block aggregation in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedra_core import MethodSettings, aggregate_fedra, allocate, client_keys
+from fedra_core.data.partition import ClientShard, sample_round_clients
+from fedra_core.inclusivefl import Momentum, block_momentum, momentum_distill
+from fedra_core.state import State
+from server_app.validation import RejectedReply, ReplyLimits, check_reply
+
+log = logging.getLogger("fedra")
+
+
+def record_nbytes(record: ArrayRecord) -> int:
+    """Return the bytes of the serialised arrays of a record (what travels on the wire)."""
+    return sum(len(array.data) for array in record.values())
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the server knows of a node: its data partition and how many blocks it can hold."""
+
+    node_id: int
+    partition_id: int
+    capacity: int
+
+
+@dataclass
+class RoundPlan:
+    """What was sent this round: participating nodes (allocation row order), the allocation, the
+    global state the round started from, the exact state each node received and the bytes of each
+    message."""
+
+    nodes: list[NodeInfo]
+    allocation: np.ndarray
+    global_state: State
+    sent: dict[int, State] = field(default_factory=dict)
+    bytes_sent: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class RoundOutcome:
+    """What the aggregation of a round decided, for logs and metrics."""
+
+    accepted: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    bytes_received: dict[int, int] = field(default_factory=dict)
+    train_loss: float | None = None
+    skipped: bool = False
+
+
+class FedRAStrategy(Strategy):
+    """FedRA and its baselines as a Flower strategy.
+
+    Each round it draws the allocation for the taking-part nodes, sends each node its sorted block
+    indices with the LoRA of exactly those blocks plus the shared keys (keyed by global block
+    index), validates the replies, and folds them back with :func:`fedra_core.aggregate_fedra`.
+    """
+
+    def __init__(
+        self,
+        method: MethodSettings,
+        num_layers: int,
+        fingerprint: str,
+        seed: int = 0,
+        weighted: bool = False,
+        min_replies: int = 1,
+        limits: ReplyLimits = ReplyLimits(),
+        sampling: str = "all",
+        clients_per_round: int = 0,
+        shards: Iterable[ClientShard] = (),
+        distill_weight_fn=None,
+    ) -> None:
+        self.method = method
+        self.num_layers = num_layers
+        self.fingerprint = fingerprint
+        self.seed = seed
+        self.weighted = weighted
+        self.min_replies = min_replies
+        self.limits = limits
+        self.sampling = sampling
+        self.clients_per_round = clients_per_round
+        self.shards = list(shards)
+        self.distill_weight_fn = distill_weight_fn or (lambda server_round: 0.0)
+        self.nodes: dict[int, NodeInfo] = {}
+        self.momentum: Momentum = {}
+        self.plan: RoundPlan | None = None
+        self.outcome: RoundOutcome | None = None
+
+    # --- node registry --------------------------------------------------------------------------
+    def register(self, info: NodeInfo) -> None:
+        """Record (or update) a node's partition and capacity; an out-of-range capacity is refused."""
+        if not 1 <= info.capacity <= self.num_layers:
+            raise ValueError(f"node {info.node_id}: capacity-layers {info.capacity} is outside 1..{self.num_layers}")
+        self.nodes[info.node_id] = info
+
+    def round_rng(self, server_round: int) -> np.random.Generator:
+        """Return the generator of one round: derived from (seed, round), so a resumed run draws the same."""
+        return np.random.default_rng([self.seed, server_round])
+
+    def participants(self, server_round: int) -> list[NodeInfo]:
+        """Return this round's nodes in partition order, after client sampling."""
+        nodes = sorted(self.nodes.values(), key=lambda n: (n.partition_id, n.node_id))
+        if self.sampling == "all" or not nodes:
+            return nodes
+        rng = np.random.default_rng([self.seed, server_round, 1])
+        if self.sampling == "per-domain" and self.shards:
+            by_partition = {n.partition_id: n for n in nodes}
+            picked = sample_round_clients(self.shards, rng, "per-domain")
+            return [by_partition[p] for p in picked if p in by_partition]
+        k = min(self.clients_per_round or len(nodes), len(nodes))
+        chosen = sorted(rng.choice(len(nodes), size=k, replace=False).tolist())
+        return [nodes[i] for i in chosen]
+
+    # --- Strategy API ---------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Return one train message per participating node with its blocks and their LoRA state."""
+        global_state = arrays.to_torch_state_dict()
+        nodes = self.participants(server_round)
+        allocation = allocate(self.method, [n.capacity for n in nodes], self.num_layers, self.round_rng(server_round))
+        self.plan = RoundPlan(nodes=nodes, allocation=allocation, global_state=global_state)
+        messages = []
+        for node, row in zip(nodes, allocation):
+            blocks = np.flatnonzero(row).tolist()
+            sent = {k: global_state[k] for k in client_keys(global_state, blocks, self.method)}
+            record = ArrayRecord(sent)
+            cfg = ConfigRecord(
+                {
+                    **dict(config),
+                    "server-round": server_round,
+                    "blocks": blocks,
+                    "fingerprint": self.fingerprint,
+                    "method": self.method.name,
+                    "seed": int(self.seed),
+                    "distill-weight": float(self.distill_weight_fn(server_round)),
+                }
+            )
+            self.plan.sent[node.node_id] = sent
+            self.plan.bytes_sent[node.node_id] = record_nbytes(record)
+            messages.append(
+                Message(RecordDict({"arrays": record, "config": cfg}), dst_node_id=node.node_id, message_type=MessageType.TRAIN)
+            )
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate the replies and aggregate the accepted ones; return (new arrays or None, metrics)."""
+        assert self.plan is not None, "configure_train must run first"
+        plan, outcome = self.plan, RoundOutcome()
+        self.outcome = outcome
+        row_of = {n.node_id: i for i, n in enumerate(plan.nodes)}
+        states: dict[int, State] = {}
+        examples: dict[int, int] = {}
+        losses: dict[int, float] = {}
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            if node_id not in row_of:
+                log.warning("round %d: ignoring a reply from node %d, which was not asked", server_round, node_id)
+                continue
+            if not reply.has_error() and "arrays" in reply.content:
+                outcome.bytes_received[node_id] = record_nbytes(reply.content["arrays"])
+            try:
+                state, metrics = check_reply(reply, plan.sent[node_id], self.limits)
+            except RejectedReply as exc:
+                outcome.rejected[node_id] = str(exc)
+                log.warning("round %d: rejected reply of node %d: %s", server_round, node_id, exc)
+                continue
+            states[node_id], examples[node_id] = state, int(metrics["num-examples"])
+            losses[node_id] = float(metrics.get("train-loss", float("nan")))
+            self._update_capacity(node_id, metrics)
+        for node in plan.nodes:
+            if node.node_id not in states and node.node_id not in outcome.rejected:
+                outcome.rejected[node.node_id] = "no reply (node failed or timed out)"
+                log.warning("round %d: node %d did not reply", server_round, node.node_id)
+        outcome.accepted = [n.node_id for n in plan.nodes if n.node_id in states]
+        if len(outcome.accepted) < self.min_replies:
+            outcome.skipped = True
+            log.warning(
+                "round %d: %d accepted replies < min-replies %d; the global model stays as it was",
+                server_round, len(outcome.accepted), self.min_replies,
+            )
+            return None, self._metrics(outcome)
+        rows = [row_of[n] for n in outcome.accepted]
+        allocation = plan.allocation[rows]
+        client_states = [states[n] for n in outcome.accepted]
+        global_state = plan.global_state
+        if self.method.name == "inclusivefl":
+            client_states = momentum_distill(global_state, client_states, allocation, self.momentum, self.method.inclusivefl_beta)
+        weights = [examples[n] for n in outcome.accepted] if self.weighted else None
+        new_state = aggregate_fedra(global_state, client_states, allocation, weights)
+        if self.method.name == "inclusivefl":
+            self.momentum = block_momentum(global_state, new_state)
+        n_ex = np.array([examples[n] for n in outcome.accepted], dtype=float)
+        outcome.train_loss = float(np.dot(n_ex, [losses[n] for n in outcome.accepted]) / n_ex.sum())
+        return ArrayRecord(new_state), self._metrics(outcome)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """FedRA evaluates the full global model on the server; no client evaluation round."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """No client evaluation: nothing to aggregate."""
+        return None
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        log.info(
+            "FedRA strategy: method=%s, %d blocks, aggregation=%s, min-replies=%d, sampling=%s",
+            self.method.name, self.num_layers, "examples" if self.weighted else "uniform", self.min_replies, self.sampling,
+        )
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _update_capacity(self, node_id: int, metrics: Mapping[str, float]) -> None:
+        cap = metrics.get("capacity-layers")
+        node = self.nodes.get(node_id)
+        if node is None or cap is None or int(cap) == node.capacity:
+            return
+        try:
+            self.register(NodeInfo(node_id, node.partition_id, int(cap)))
+            log.info("node %d now reports capacity %d (used from the next round)", node_id, int(cap))
+        except ValueError as exc:
+            log.warning("%s; keeping capacity %d", exc, node.capacity)
+
+    def _metrics(self, outcome: RoundOutcome) -> MetricRecord:
+        return MetricRecord(
+            {
+                "accepted": len(outcome.accepted),
+                "rejected": len(outcome.rejected),
+                "skipped": int(outcome.skipped),
+                **({"train-loss": outcome.train_loss} if outcome.train_loss is not None else {}),
+            }
+        )

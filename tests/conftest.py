@@ -1,0 +1,39 @@
+"""Shared fixtures: an isolated cache, offline hub, tiny real timm backbones with seeded weights."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+torch.set_num_threads(1)
+
+TINY_VIT = dict(img_size=28, patch_size=7, in_chans=3, embed_dim=32, depth=12, num_heads=2, mlp_ratio=4.0)
+TINY_MIXER = dict(img_size=28, patch_size=7, in_chans=3, embed_dim=32, num_blocks=12, mlp_ratio=(0.5, 4.0))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """Point the project's cache at a per-session folder unless the caller chose one."""
+    if "FEDRA_CACHE" not in os.environ:
+        os.environ["FEDRA_CACHE"] = str(tmp_path_factory.mktemp("fedra-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_vit():
+    """A 12-block ViT (width 32) with seeded random weights stored as safetensors."""
+    from fedra_core import BackboneSpec, resolve_backbone
+
+    return resolve_backbone(BackboneSpec(name="vit", model_kwargs=TINY_VIT, weights="random", num_classes=10))
+
+
+@pytest.fixture(scope="session")
+def tiny_mixer():
+    """A 12-block MLP-Mixer (width 32) with seeded random weights stored as safetensors."""
+    from fedra_core import BackboneSpec, resolve_backbone
+
+    return resolve_backbone(BackboneSpec(name="mixer", model_kwargs=TINY_MIXER, weights="random", num_classes=10))

@@ -1,0 +1,104 @@
+"""Baselines on the engine: allocations, DepthFL exits and loss, InclusiveFL distillation, training."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from fedra_core import LoraSettings, MethodSettings, TrainSettings, allocate, build_trainable_model, client_keys
+from fedra_core import evaluate, rows_to_blocks, train_local, trainable_state
+from fedra_core.depthfl import consistency_weight, exit_blocks, forward_outputs, mutual_distillation_loss
+from fedra_core.inclusivefl import momentum_distill
+
+CAPS = [12, 6, 3]
+
+
+@pytest.mark.parametrize(
+    "name, rows",
+    [
+        ("alllarge", [list(range(12))] * 3),
+        ("allsmall", [[0, 1, 2]] * 3),
+        ("inclusivefl", [list(range(12)), list(range(6)), [0, 1, 2]]),
+        ("depthfl", [list(range(12)), list(range(6)), [0, 1, 2]]),
+    ],
+)
+def test_baseline_allocations(name, rows):
+    assert rows_to_blocks(allocate(MethodSettings(name=name), CAPS, 12, np.random.default_rng(0))) == rows
+
+
+def test_fedra_allocation_is_random_with_capacities():
+    alloc = allocate(MethodSettings(), CAPS, 12, np.random.default_rng(0))
+    assert alloc.sum(axis=1).tolist() == CAPS
+    assert rows_to_blocks(alloc)[1] != list(range(6))  # P(prefix) = 1 / C(12, 6)
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="'fedavg'"):
+        MethodSettings(name="fedavg")
+
+
+def test_depthfl_exits_keys_and_outputs(tiny_vit):
+    method = MethodSettings(name="depthfl", depthfl_every=3)
+    assert exit_blocks(range(12), 3) == [2, 5, 8]
+    assert exit_blocks(range(6), 3) == [2]
+    model = build_trainable_model(tiny_vit, range(6), LoraSettings(), method)
+    keys = list(trainable_state(model))
+    assert {k.split(".")[1] for k in keys if k.startswith("exits.")} == {"2"}
+    full_keys = list(trainable_state(build_trainable_model(tiny_vit, range(12), LoraSettings(), method)))
+    assert sorted(client_keys(full_keys, list(range(6)), method)) == sorted(keys)
+    x = torch.randn(2, 3, 28, 28)
+    outs = forward_outputs(model, x)
+    assert len(outs) == 2 and torch.allclose(outs[-1], model(x), atol=1e-6)
+
+
+def test_mutual_distillation_loss_by_hand():
+    a = torch.tensor([[2.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0]])
+    y = torch.tensor([0])
+    pa, pb = torch.softmax(a, 1)[0], torch.softmax(b, 1)[0]
+    ce = -math.log(pa[0]) - math.log(pb[0])
+    kl_ab = float((pb * (pb / pa).log()).sum())  # KL(p_b || p_a): a learns from b
+    kl_ba = float((pa * (pa / pb).log()).sum())
+    got = mutual_distillation_loss([a, b], y, 0.5)
+    assert math.isclose(float(got), ce + 0.5 * (kl_ab + kl_ba), rel_tol=1e-5)
+    assert math.isclose(float(mutual_distillation_loss([a], y, 0.5)), -math.log(pa[0]), rel_tol=1e-6)
+
+
+def test_consistency_weight_ramp():
+    assert math.isclose(consistency_weight(0, 500), math.exp(-5))
+    assert consistency_weight(500, 500) == 1.0 and consistency_weight(900, 500) == 1.0
+
+
+def test_inclusivefl_distills_next_group_momentum_into_top_block():
+    g = {f"blocks.{j}.a.lora_A.weight": torch.zeros(1) for j in range(4)}
+    alloc = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=bool)
+    deep = {k: torch.ones(1) for k in g}
+    shallow = {"blocks.0.a.lora_A.weight": torch.tensor([2.0]), "blocks.1.a.lora_A.weight": torch.tensor([4.0])}
+    momentum = {"blocks.2.a.lora_A.weight": torch.tensor([10.0]), "blocks.3.a.lora_A.weight": torch.tensor([20.0])}
+    out = momentum_distill(g, [deep, shallow], alloc, momentum, beta=0.2)
+    # shallow's top block 1: 0.8 * 4 + 0.2 * mean(10, 20) = 6.2; its block 0 and the deep client unchanged
+    assert float(out[1]["blocks.1.a.lora_A.weight"]) == pytest.approx(6.2)
+    assert float(out[1]["blocks.0.a.lora_A.weight"]) == 2.0
+    assert all(torch.equal(out[0][k], deep[k]) for k in deep)
+    assert momentum_distill(g, [deep, shallow], alloc, {}, 0.2)[1] == shallow  # first round: no momentum
+
+
+def test_training_reduces_loss_and_evaluate_counts(tiny_vit):
+    torch.manual_seed(0)
+    images = torch.randn(64, 3, 28, 28)
+    labels = (images[:, 0].mean(dim=(1, 2)) > 0).long()
+    data = TensorDataset(images, labels)
+    model = build_trainable_model(tiny_vit, [0, 4, 8], LoraSettings(), MethodSettings())
+    before = evaluate(model, data)
+    settings = TrainSettings(lr=0.05, batch_size=16, local_epochs=10)
+    result = train_local(model, data, settings, seed=0)
+    after = evaluate(model, data)
+    assert result.steps == 40 and result.examples_seen == 640 and result.num_examples == 64
+    assert after.loss < before.loss
+    with torch.no_grad():
+        manual = float((model(images).argmax(1) == labels).float().mean())
+    assert after.accuracy == pytest.approx(manual)
+    capped = train_local(model, data, TrainSettings(batch_size=16, max_steps=3), seed=1)
+    assert capped.steps == 3
