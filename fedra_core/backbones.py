@@ -10,6 +10,7 @@ that file only, so the hub, a user's checkpoint and the demo backbones all take 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,9 @@ class BackboneSpec:
     weights: str = "default"
     num_classes: int = 10
     seed: int = 0
+
+    def __hash__(self) -> int:  # model_kwargs is a dict: hash its canonical JSON form
+        return hash((self.name, json.dumps(self.model_kwargs, sort_keys=True), self.weights, self.num_classes, self.seed))
 
     def constructor(self) -> tuple[str | None, Family | None, dict[str, Any]]:
         """Return (timm name or None, family for direct construction or None, kwargs)."""

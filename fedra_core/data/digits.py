@@ -109,8 +109,11 @@ def build_digits(seed: int = 0) -> Path:
                 return path
             tensors, metadata = _build_all(int(seed))
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            save_file(tensors, str(tmp), metadata=metadata)
-            os.replace(tmp, path)
+            try:
+                save_file(tensors, str(tmp), metadata=metadata)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return path
@@ -309,11 +312,11 @@ def _printed(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     canvas = 56  # rendered at twice the size and downsampled, for anti-aliased strokes
     out = np.empty((len(labels), 28, 28, 3), dtype=np.uint8)
     for i, label in enumerate(labels):
-        font = _font(_PRINTED_FONTS[rng.integers(len(_PRINTED_FONTS))], int(rng.integers(30, 52)))
+        font = _font(_PRINTED_FONTS[rng.integers(len(_PRINTED_FONTS))], int(rng.integers(36, 56)))
         mask = Image.new("L", (canvas, canvas), 0)
         dx, dy = rng.uniform(-5, 5, size=2)
         ImageDraw.Draw(mask).text((canvas / 2 + dx, canvas / 2 + dy), str(int(label)), fill=255, font=font, anchor="mm")
-        mask = mask.rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR)
+        mask = mask.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR)
         fg, bg = _contrasting_colours(rng)
         alpha = np.asarray(mask, dtype=np.float32)[:, :, None] / 255.0
         img = alpha * fg + (1.0 - alpha) * bg + rng.normal(0.0, 6.0, size=(canvas, canvas, 3))

@@ -1,0 +1,93 @@
+"""Tests of the skipped-block-robust demo backbones (fedra_core.demo_backbone)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from fedra_core.backbones import (
+    FINGERPRINT_KEY,
+    HEAD_PREFIX,
+    BackboneSpec,
+    create_skeleton,
+    fingerprint_file,
+    resolve_backbone,
+)
+from fedra_core.demo_backbone import (
+    build_demo_backbone,
+    demo_backbone_file,
+    forward_blocks,
+    random_blocks,
+    subset_accuracy,
+)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("fedra_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDRA_CACHE", str(root))
+        yield root
+
+
+@pytest.mark.parametrize("name", ["demo-vit", "demo-mixer"])
+def test_full_depth_forward_equals_model(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_skeleton(BackboneSpec(name=name, num_classes=10), device="cpu").eval()
+    x = torch.randn(4, 3, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.allclose(forward_blocks(model, x, list(range(12))), expected, atol=1e-5)
+        assert torch.allclose(forward_blocks(model, x), expected, atol=1e-5)
+        assert forward_blocks(model, x, [0, 5, 11]).shape == (4, 10)
+
+
+def test_random_blocks() -> None:
+    rng = np.random.default_rng(0)
+    for k in (1, 3, 12):
+        blocks = random_blocks(12, k, rng)
+        assert len(set(blocks)) == k and blocks == sorted(blocks) and 0 <= blocks[0] and blocks[-1] < 12
+    with pytest.raises(ValueError, match="k=13"):
+        random_blocks(12, 13, rng)
+
+
+def test_subset_accuracy_on_tiny_set() -> None:
+    torch.manual_seed(0)
+    model = create_skeleton(BackboneSpec(name="demo-vit", num_classes=10), device="cpu")
+    data = torch.utils.data.TensorDataset(torch.randn(20, 3, 28, 28), torch.randint(0, 10, (20,)))
+    acc = subset_accuracy(model, data, 3, 2, np.random.default_rng(0))
+    assert 0.0 <= acc <= 1.0 and model.training  # the mode is restored
+
+
+@pytest.mark.parametrize("name", ["demo-vit", "demo-mixer"])
+def test_tiny_build_is_cached_without_head(cache: Path, name: str) -> None:
+    path = demo_backbone_file(name, steps=3, eval_images=200)
+    assert path == cache / "backbones" / f"{name}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+        meta = f.metadata()
+    assert keys and not [k for k in keys if k.startswith(HEAD_PREFIX)]
+    assert meta[FINGERPRINT_KEY] == fingerprint_file(path, keys)
+    assert meta["demo_steps"] == "3" and 0.0 <= float(meta["demo_acc_k3"]) <= 1.0
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["fingerprint"] == meta[FINGERPRINT_KEY] and set(sidecar) >= {"acc_k3", "acc_k6", "acc_k12"}
+
+    mtime = path.stat().st_mtime_ns
+    assert demo_backbone_file(name) == path
+    assert path.stat().st_mtime_ns == mtime
+    # the backbone registry resolves the demo preset to this very file
+    backbone = resolve_backbone(BackboneSpec(name=name))
+    assert backbone.path == path and backbone.fingerprint == meta[FINGERPRINT_KEY] and backbone.num_layers == 12
+
+
+def test_bad_names(cache: Path) -> None:
+    with pytest.raises(ValueError, match="'demo-cnn'"):
+        demo_backbone_file("demo-cnn")
+    with pytest.raises(ValueError, match="'demo-cnn'"):
+        build_demo_backbone("demo-cnn", steps=1)
