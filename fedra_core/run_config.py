@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedra_core import BackboneSpec, LoraSettings, MethodSettings, TrainSettings
 from fedra_core.data.federation import DataSpec
@@ -84,6 +84,9 @@ class RunConfig(BaseModel):
         caps = _parse_int_list(value, "capacities")
         if not caps:
             raise ValueError("capacities must list at least one capacity")
+        for k in caps:  # the upper bound, the backbone's depth, is checked by check_against_backbone
+            if k < 1:
+                raise ValueError(f"capacity {k} must be at least 1 (a node holds 1..num_layers blocks)")
         return caps
 
     @field_validator("domains", "lora_targets", mode="before")
@@ -107,15 +110,6 @@ class RunConfig(BaseModel):
         if not isinstance(parsed, dict):
             raise ValueError("must be a JSON object")
         return parsed
-
-    @model_validator(mode="after")
-    def _check_capacities(self) -> "RunConfig":
-        # The depth is known only once the backbone is built; 64 is a sanity bound here, the exact
-        # bound (1..L) is checked by check_against_backbone.
-        for k in self.capacities:
-            if not 1 <= k <= 64:
-                raise ValueError(f"capacities: capacity {k} must lie in 1..num_layers")
-        return self
 
     # --- conversions to the engine's settings -------------------------------------------------
     def backbone_spec(self, weights_override: str | None = None) -> BackboneSpec:

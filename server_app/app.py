@@ -19,7 +19,7 @@ from fedra_core.backbones import Backbone
 from fedra_core.data.federation import client_shards, test_sets
 from fedra_core.depthfl import consistency_weight
 from fedra_core.lora import export_peft_adapter
-from fedra_core.run_config import RunConfig, load_run_config
+from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 from fedra_core.state import State, clone_state
 from server_app import outputs
 from server_app.checkpoint import CHECKPOINT_NAME, ServerState, load_checkpoint, save_checkpoint
@@ -66,7 +66,10 @@ def prepare(cfg: RunConfig) -> tuple[Backbone, Evaluator, State]:
 
     Everything that can fail on bad configuration fails here, before any training.
     """
-    backbone = resolve_backbone(cfg.backbone_spec())
+    try:
+        backbone = resolve_backbone(cfg.backbone_spec())
+    except ValueError as exc:
+        raise ConfigError(f"config keys 'backbone' = {cfg.backbone!r}, 'backbone-weights' = {cfg.backbone_weights!r}: {exc}") from None
     cfg.check_against_backbone(backbone.num_layers)
     test = test_sets(cfg.data_spec(), cfg.eval_max_examples)
     client_shards(cfg.data_spec())  # validates partitioning now rather than on the nodes

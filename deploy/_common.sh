@@ -1,0 +1,51 @@
+# Helpers sourced by the deploy/*.sh scripts (not meant to be run on its own).
+# shellcheck shell=bash
+
+FEDRA_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# fedra_bin NAME: print the path of a Flower executable: PATH first, then the repo's .venv.
+fedra_bin() {
+  local name="$1"
+  if command -v "$name" >/dev/null 2>&1; then
+    command -v "$name"
+  elif [[ -x "$FEDRA_REPO/.venv/bin/$name" ]]; then
+    echo "$FEDRA_REPO/.venv/bin/$name"
+  else
+    echo "error: $name not found on PATH nor in $FEDRA_REPO/.venv/bin (pip install flwr==1.41.0)" >&2
+    return 1
+  fi
+}
+
+# fedra_abspath PATH: print PATH made absolute (the file must exist).
+fedra_abspath() {
+  local p="$1"
+  [[ -e "$p" ]] || { echo "error: $p does not exist" >&2; return 1; }
+  echo "$(cd "$(dirname "$p")" && pwd)/$(basename "$p")"
+}
+
+# fedra_write_connection HOME NAME ADDRESS CA_CERT|"" INSECURE(0|1)
+# Write (or replace) the [superlink.NAME] entry of HOME/config.toml, keeping the other entries.
+fedra_write_connection() {
+  local home="$1" name="$2" address="$3" ca="$4" insecure="$5"
+  local cfg="$home/config.toml"
+  [[ "$name" =~ ^[A-Za-z0-9_-]+$ ]] || { echo "error: connection name '$name' may only hold letters, digits, '_' and '-'" >&2; return 1; }
+  [[ "$address" =~ ^[^[:space:]\"]+:[0-9]+$ ]] || { echo "error: SuperLink address '$address' must look like HOST:PORT" >&2; return 1; }
+  mkdir -p "$home"
+  if [[ ! -f "$cfg" ]]; then
+    printf '[superlink]\ndefault = "%s"\n' "$name" > "$cfg"
+  fi
+  # drop an older [superlink.NAME] table (and its sub-tables), then append the new one
+  awk -v head="[superlink.$name]" -v sub_="[superlink.$name." '
+    /^[[:space:]]*\[/ { skip = (index($0, head) == 1 || index($0, sub_) == 1) }
+    !skip { print }
+  ' "$cfg" > "$cfg.tmp"
+  {
+    printf '\n[superlink.%s]\naddress = "%s"\n' "$name" "$address"
+    if [[ "$insecure" == 1 ]]; then
+      printf 'insecure = true\n'
+    else
+      printf 'root-certificates = "%s"\n' "$ca"
+    fi
+  } >> "$cfg.tmp"
+  mv "$cfg.tmp" "$cfg"
+}

@@ -1,0 +1,45 @@
+"""Run configs and helpers shared by the Flower app tests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from conftest import TINY_VIT
+
+# Three nodes on three domains of the digits benchmark, a tiny 12-block ViT with seeded weights.
+TINY_RUN = {
+    "backbone": "vit",
+    "backbone-kwargs": json.dumps(TINY_VIT),
+    "backbone-weights": "random",
+    "num-server-rounds": 3,
+    "capacities": "12,6,3",
+    "domains": "mnist,printed,usps",
+    "local-steps": 2,
+    "batch-size": 16,
+    "eval-max-examples": 100,
+    "lr": 0.05,
+}
+NODES = {101: {"partition-id": 0}, 102: {"partition-id": 1}, 103: {"partition-id": 2}}
+
+
+def initial_global_state(run_config: dict) -> dict[str, torch.Tensor]:
+    """The global state before round 1, rebuilt here the way the server documents it."""
+    from fedra_core import build_trainable_model, resolve_backbone, trainable_state
+    from fedra_core.run_config import load_run_config
+
+    cfg = load_run_config(run_config)
+    backbone = resolve_backbone(cfg.backbone_spec())
+    torch.manual_seed(cfg.seed)
+    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.method_settings())
+    return {k: v.clone() for k, v in trainable_state(model).items()}
+
+
+def allocation_rows(message_blocks: list[list[int]], num_layers: int = 12) -> np.ndarray:
+    """Bool allocation matrix from per-node block lists."""
+    alloc = np.zeros((len(message_blocks), num_layers), dtype=bool)
+    for i, blocks in enumerate(message_blocks):
+        alloc[i, blocks] = True
+    return alloc

@@ -1,0 +1,197 @@
+"""Untrusted replies, failing nodes, skipped rounds, kill-and-resume, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+
+from app_helpers import NODES, TINY_RUN, allocation_rows, initial_global_state
+from fedra_core import aggregate_fedra
+from fedra_core.run_config import ConfigError, load_run_config
+from server_app.checkpoint import load_checkpoint
+from test_apps import run_inprocess, train_messages
+
+BAD = 103  # the node that misbehaves
+
+
+def _replace_arrays(reply: Message, change) -> Message:
+    state = reply.content["arrays"].to_torch_state_dict()
+    change(state)
+    content = RecordDict({"arrays": ArrayRecord(state), "metrics": reply.content["metrics"]})
+    return Message(content, reply_to=_original[reply.metadata.reply_to_message_id])
+
+
+def _with_metrics(reply: Message, **metrics) -> Message:
+    content = RecordDict({"arrays": reply.content["arrays"], "metrics": MetricRecord({**dict(reply.content["metrics"]), **metrics})})
+    return Message(content, reply_to=_original[reply.metadata.reply_to_message_id])
+
+
+def _first_block_key(state):
+    return next(k for k in state if k.startswith("blocks."))
+
+
+def _unsent_block_key(state, message):
+    held = set(message.content["config"]["blocks"])
+    j = next(j for j in range(12) if j not in held)
+    key = _first_block_key(state)
+    return "blocks.%d.%s" % (j, key.split(".", 2)[2])
+
+
+_original: dict = {}
+
+CORRUPTIONS = {
+    "key of an unallocated block": lambda rep, msg: _replace_arrays(
+        rep, lambda s: s.__setitem__(_unsent_block_key(s, msg), s[_first_block_key(s)].clone())),
+    "unknown key": lambda rep, msg: _replace_arrays(rep, lambda s: s.__setitem__("backdoor.weight", torch.zeros(3))),
+    "missing key": lambda rep, msg: _replace_arrays(rep, lambda s: s.pop("head.bias")),
+    "wrong shape": lambda rep, msg: _replace_arrays(rep, lambda s: s.__setitem__("head.bias", torch.zeros(11))),
+    "wrong dtype": lambda rep, msg: _replace_arrays(rep, lambda s: s.__setitem__("head.bias", s["head.bias"].double())),
+    "NaN": lambda rep, msg: _replace_arrays(rep, lambda s: s["head.weight"].__setitem__((0, 0), float("nan"))),
+    "Inf": lambda rep, msg: _replace_arrays(rep, lambda s: s["head.weight"].__setitem__((0, 0), float("inf"))),
+    "huge update": lambda rep, msg: _replace_arrays(rep, lambda s: s["head.weight"].add_(1e4)),
+    "negative example count": lambda rep, msg: _with_metrics(rep, **{"num-examples": -5}),
+    "absurd example count": lambda rep, msg: _with_metrics(rep, **{"num-examples": 10**12}),
+    "error reply": lambda rep, msg: Message(Error(code=7, reason="out of memory"), reply_to=msg),
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_bad_reply_is_rejected_and_round_equals_good_replies_alone(tmp_path, kind):
+    good = []
+
+    def corrupt(node_id, message, reply):
+        _original[message.metadata.message_id] = message
+        if node_id == BAD:
+            return CORRUPTIONS[kind](reply, message)
+        good.append((message, reply))
+        return reply
+
+    run_dir, grid, _ = run_inprocess(tmp_path, intercept=corrupt, **{"num-server-rounds": 1, "max-update-norm": 1000.0})
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert list(record["rejected"]) == [str(BAD)] and record["accepted"] == [101, 102]
+    blocks = [list(m.content["config"]["blocks"]) for m, _ in good]
+    expected = aggregate_fedra(
+        initial_global_state(TINY_RUN),
+        [r.content["arrays"].to_torch_state_dict() for _, r in good],
+        allocation_rows(blocks),
+    )
+    final = load_checkpoint(run_dir / "checkpoint.safetensors").global_state
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_dead_node_is_dropped_and_too_few_replies_skip_the_round(tmp_path):
+    drop = lambda node_id, message, reply: None if node_id == BAD else reply  # noqa: E731
+    run_dir, _, _ = run_inprocess(tmp_path, intercept=drop, **{"num-server-rounds": 1})
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["rejected"] == {str(BAD): "no reply (node failed or timed out)"} and not record["skipped"]
+
+    run_dir, _, _ = run_inprocess(tmp_path / "b", intercept=drop, **{"num-server-rounds": 1, "min-replies": 3})
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["skipped"]
+    final = load_checkpoint(run_dir / "checkpoint.safetensors").global_state
+    initial = initial_global_state(TINY_RUN)
+    assert all(torch.equal(final[k], initial[k]) for k in initial)
+
+
+def test_node_raising_mid_round_does_not_crash_the_run(tmp_path):
+    def boom(node_id, message, reply):
+        if node_id == BAD:
+            raise_in_client = Message(Error(code=1, reason="RuntimeError: killed"), reply_to=message)
+            return raise_in_client
+        return reply
+
+    run_dir, _, _ = run_inprocess(tmp_path, intercept=boom, **{"num-server-rounds": 2})
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["accepted"] for r in records[1:]] == [[101, 102], [101, 102]]
+
+
+KILLED_RUN = """
+import sys, time, json
+sys.path.insert(0, {tests!r})
+import torch; torch.set_num_threads(1)
+from test_apps import run_inprocess
+from pathlib import Path
+def slow_third_round(node_id, message, reply):
+    if int(message.content["config"]["server-round"]) == 3:
+        time.sleep(600)
+    return reply
+run_inprocess(Path({out!r}), intercept=slow_third_round, **{{"num-server-rounds": 4}})
+"""
+
+
+def test_kill_after_round_two_and_resume_gives_the_uninterrupted_state(tmp_path):
+    full_dir, _, _ = run_inprocess(tmp_path / "full", **{"num-server-rounds": 4})
+    expected = load_checkpoint(full_dir / "checkpoint.safetensors")
+
+    out = tmp_path / "killed"
+    script = KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+    ckpt = out / "run" / "checkpoint.safetensors"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if ckpt.is_file() and load_checkpoint(ckpt).round == 2:
+            break
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(ckpt).round == 2  # the checkpoint survived the kill intact
+
+    resumed_dir, _, _ = run_inprocess(tmp_path / "killed", **{"num-server-rounds": 4, "resume": True})
+    got = load_checkpoint(resumed_dir / "checkpoint.safetensors")
+    assert got.round == 4
+    assert all(torch.equal(got.global_state[k], expected.global_state[k]) for k in expected.global_state)
+    rounds = [json.loads(x)["round"] for x in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [0, 1, 2, 3, 4]
+
+
+# Every bad configuration value tried, and the one-line message it gives (checked below).
+BAD_CONFIGS = [
+    ({"method": "fedavg"}, "config key 'method' = 'fedavg': Input should be 'fedra', 'alllarge', 'allsmall', 'inclusivefl' or 'depthfl'"),
+    ({"capacities": "12,0,3"}, "config key 'capacities' = '12,0,3'"),
+    ({"capacities": "12,x"}, "capacities must be a comma-separated list of integers"),
+    ({"lr": 0.0}, "config key 'lr' = 0.0: Input should be greater than 0"),
+    ({"lr": -1.0}, "config key 'lr' = -1.0: Input should be greater than 0"),
+    ({"batch-size": 0}, "config key 'batch-size' = 0: Input should be greater than or equal to 1"),
+    ({"num-server-rounds": 0}, "config key 'num-server-rounds' = 0"),
+    ({"dirichlet-alpha": 0.0}, "config key 'dirichlet-alpha' = 0.0: Input should be greater than 0"),
+    ({"dataset": "imagenet"}, "config key 'dataset' = 'imagenet'"),
+    ({"aggregation": "median"}, "config key 'aggregation' = 'median'"),
+    ({"lora-dropout": 1.5}, "config key 'lora-dropout' = 1.5"),
+    ({"backbone-kwargs": "{depth: 12}"}, "config key 'backbone-kwargs' = '{depth: 12}': must be a JSON object"),
+    ({"typo-key": 1}, "unknown config key 'typo-key'"),
+]
+
+
+@pytest.mark.parametrize("values, message", BAD_CONFIGS)
+def test_bad_config_value_gives_one_clear_line(values, message):
+    with pytest.raises(ConfigError) as info:
+        load_run_config({**TINY_RUN, **values})
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"capacities": "12,13,3"}, "config key 'capacities': capacity 13 is outside 1..12"),
+        ({"backbone": "nosuchnet"}, "unknown backbone 'nosuchnet'"),
+        ({"backbone": "resnet50"}, "unsupported architecture ResNet"),
+        ({"backbone-weights": "/nonexistent/w.safetensors"}, "backbone weights file /nonexistent/w.safetensors does not exist"),
+        ({"domains": "mnist,klingon"}, "unknown domain 'klingon'"),
+    ],
+)
+def test_bad_config_stops_before_any_training(tmp_path, values, message):
+    sent = []
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        run_inprocess(tmp_path, intercept=lambda n, m, r: sent.append(m) or r, **values)
+    assert not sent and not (tmp_path / "run").exists()
