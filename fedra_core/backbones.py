@@ -96,13 +96,16 @@ def create_skeleton(spec: BackboneSpec, device: str | torch.device = "meta") -> 
     what they need.
     """
     timm_name, family, kwargs = spec.constructor()
-    with torch.device(device):
-        if timm_name is not None:
-            model = timm.create_model(timm_name, pretrained=False, num_classes=spec.num_classes, **kwargs)
-        elif family == "vit":
-            model = VisionTransformer(num_classes=spec.num_classes, **kwargs)
-        else:
-            model = MlpMixer(num_classes=spec.num_classes, **kwargs)
+    try:
+        with torch.device(device):
+            if timm_name is not None:
+                model = timm.create_model(timm_name, pretrained=False, num_classes=spec.num_classes, **kwargs)
+            elif family == "vit":
+                model = VisionTransformer(num_classes=spec.num_classes, **kwargs)
+            else:
+                model = MlpMixer(num_classes=spec.num_classes, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"backbone {spec.name!r} does not accept model_kwargs {kwargs}: {exc}") from None
     family_of(model)  # rejects anything that is not a ViT or Mixer
     return model
 

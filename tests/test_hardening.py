@@ -185,7 +185,8 @@ def test_bad_config_value_gives_one_clear_line(values, message):
     [
         ({"capacities": "12,13,3"}, "config key 'capacities': capacity 13 is outside 1..12"),
         ({"backbone": "nosuchnet"}, "unknown backbone 'nosuchnet'"),
-        ({"backbone": "resnet50"}, "unsupported architecture ResNet"),
+        ({"backbone": "resnet50", "backbone-kwargs": ""}, "unsupported architecture ResNet"),
+        ({"backbone-kwargs": '{"depth": 12, "wings": 2}'}, "does not accept model_kwargs"),
         ({"backbone-weights": "/nonexistent/w.safetensors"}, "backbone weights file /nonexistent/w.safetensors does not exist"),
         ({"domains": "mnist,klingon"}, "unknown domain 'klingon'"),
     ],

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Start a FedRA SuperNode that connects to a SuperLink with TLS and SuperNode authentication.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: deploy/start_supernode.sh [options] SUPERLINK_ADDRESS CAPACITY PARTITION_ID PRIVATE_KEY CA_CERT
+       deploy/start_supernode.sh --insecure [options] SUPERLINK_ADDRESS CAPACITY PARTITION_ID
+
+Starts flower-supernode (Flower 1.41) in the foreground. The ClientApp runs as a subprocess, so
+this machine needs the app's dependencies (pip install . in this repo, or the docker image).
+
+  SUPERLINK_ADDRESS  HOST:PORT of the SuperLink (HOST must be in its certificate's subjectAltName)
+  CAPACITY           how many transformer blocks this node can train (node-config capacity-layers)
+  PARTITION_ID       this node's data partition (node-config partition-id, 0-based)
+  PRIVATE_KEY        this node's ECDSA private key (deploy/gen_node_keys.sh); its .pub must be
+                     registered on the SuperLink (deploy/register_nodes.sh)
+  CA_CERT            the federation's CA certificate (ca.crt of deploy/gen_certs.sh)
+
+Options:
+  --data-root DIR    dataset folder on this node (node-config data-root)
+  --device DEV       auto | cpu | cuda | cuda:N (node-config device; default auto)
+  --weights FILE     local backbone .safetensors (node-config backbone-weights)
+  --threads N        torch threads (node-config num-threads)
+  --port N           port of this SuperNode's local runtime API (default 9094; use a different
+                     one for every SuperNode on the same machine). It is not exposed.
+  --insecure         no TLS and no authentication (only against a SuperLink started --insecure)
+  -h, --help         show this help
+
+Environment: FEDRA_CACHE (backbones and data cache), HF_HUB_OFFLINE, ... reach the ClientApp.
+EOF
+}
+
+# shellcheck source=deploy/_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+die() { echo "start_supernode.sh: error: $*" >&2; exit 1; }
+
+insecure=0 port=9094 data_root="" device="" weights="" threads=""
+pos=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --data-root) [[ $# -ge 2 ]] || die "$1 needs a folder"; data_root="$2"; shift 2 ;;
+    --device) [[ $# -ge 2 ]] || die "$1 needs a device"; device="$2"; shift 2 ;;
+    --weights) [[ $# -ge 2 ]] || die "$1 needs a file"; weights="$2"; shift 2 ;;
+    --threads) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "$1 needs a number"; threads="$2"; shift 2 ;;
+    --port) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "$1 needs a port number"; port="$2"; shift 2 ;;
+    --insecure) insecure=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    -*) die "unknown option $1 (see --help)" ;;
+    *) pos+=("$1"); shift ;;
+  esac
+done
+if [[ $insecure -eq 1 ]]; then
+  [[ ${#pos[@]} -eq 3 ]] || { usage >&2; die "--insecure needs SUPERLINK_ADDRESS CAPACITY PARTITION_ID"; }
+else
+  [[ ${#pos[@]} -eq 5 ]] || { usage >&2; die "expected SUPERLINK_ADDRESS CAPACITY PARTITION_ID PRIVATE_KEY CA_CERT"; }
+fi
+address="${pos[0]}" capacity="${pos[1]}" partition="${pos[2]}"
+[[ "$address" =~ ^[^[:space:]]+:[0-9]+$ ]] || die "SuperLink address '$address' must look like HOST:PORT"
+[[ "$capacity" =~ ^[1-9][0-9]*$ ]] || die "CAPACITY '$capacity' must be a positive integer"
+[[ "$partition" =~ ^[0-9]+$ ]] || die "PARTITION_ID '$partition' must be an integer >= 0"
+case "$device" in ""|auto|cpu|cuda|cuda:[0-9]*) ;; *) die "--device '$device': use auto, cpu, cuda or cuda:N" ;; esac
+for v in "$data_root" "$weights"; do
+  [[ "$v" != *"'"* ]] || die "paths with a single quote cannot be passed in node-config: '$v'"
+done
+
+node_config="partition-id=$partition capacity-layers=$capacity"
+[[ -z "$device" ]] || node_config+=" device='$device'"
+[[ -z "$data_root" ]] || node_config+=" data-root='$data_root'"
+[[ -z "$weights" ]] || { [[ -f "$weights" ]] || die "weights file $weights not found"; node_config+=" backbone-weights='$weights'"; }
+[[ -z "$threads" ]] || node_config+=" num-threads=$threads"
+
+supernode="$(fedra_bin flower-supernode)" || exit 1
+export PATH="$(dirname "$supernode"):$PATH"   # flower-superexec and flwr-clientapp
+args=(--superlink "$address" --port "$port" --node-config "$node_config")
+if [[ $insecure -eq 1 ]]; then
+  echo "start_supernode.sh: WARNING: --insecure: no TLS, no authentication" >&2
+  args+=(--insecure)
+else
+  key="${pos[3]}" ca="${pos[4]}"
+  [[ -r "$key" ]] || die "private key $key not found or not readable"
+  [[ -r "$ca" ]] || die "CA certificate $ca not found or not readable"
+  args+=(--root-certificates "$ca" --auth-supernode-private-key "$key")
+fi
+echo "+ $supernode ${args[*]}" >&2
+exec "$supernode" "${args[@]}"
