@@ -33,11 +33,12 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run a FedRA federation with the run config of ``context``."""
-    _setup_logging()
+    setup_logging()
     run_federation(grid, dict(context.run_config))
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
+    """Send the run's progress lines ("[fedra] ...") to stdout once per process."""
     if not log.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("[fedra] %(message)s"))

@@ -15,7 +15,7 @@ from app_helpers import NODES, TINY_RUN, allocation_rows, initial_global_state
 from client_app.app import app as client_app
 from fedra_core import MethodSettings, aggregate_fedra, client_keys, resolve_backbone
 from fedra_core.run_config import load_run_config
-from inprocess_grid import InProcessGrid
+from server_app.local import InProcessGrid
 from server_app.app import run_federation
 from server_app.checkpoint import load_checkpoint
 
