@@ -145,3 +145,35 @@ def test_node_with_other_backbone_is_left_out_and_refuses_to_train(tmp_path):
     # asked to train anyway, the node refuses with a clear error
     with pytest.raises(ValueError, match="backbone fingerprint mismatch: the server has"):
         client_app(train_messages(grid, 1)[0], grid.contexts[104])
+
+
+@pytest.mark.parametrize(
+    "method, sizes",
+    [("alllarge", [12, 12, 12]), ("allsmall", [3, 3, 3]), ("inclusivefl", [12, 6, 3]), ("depthfl", [12, 6, 3])],
+)
+def test_baselines_run_through_the_same_apps(tmp_path, method, sizes):
+    run_dir, grid, _ = run_inprocess(tmp_path, method=method, **{"num-server-rounds": 2})
+    for r in (1, 2):
+        sent = train_messages(grid, r)
+        blocks = [list(m.content["config"]["blocks"]) for m in sent]
+        assert [len(b) for b in blocks] == sizes
+        assert all(b == list(range(len(b))) for b in blocks)  # prefixes
+        if method == "depthfl":  # exits after blocks 2, 5, 8 inside each prefix
+            exits = [sorted({k.split(".")[1] for k in m.content["arrays"].keys() if k.startswith("exits.")}) for m in sent]
+            assert exits == [["2", "5", "8"], ["2"], []]
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(len(r["accepted"]) == 3 for r in records[1:])
+
+
+def test_node_reporting_a_new_capacity_gets_it_next_round(tmp_path):
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    def shrink(node_id, message, reply):
+        if node_id == 101:  # the 12-block node now says it can hold 4
+            metrics = MetricRecord({**dict(reply.content["metrics"]), "capacity-layers": 4})
+            return Message(RecordDict({"arrays": reply.content["arrays"], "metrics": metrics}), reply_to=message)
+        return reply
+
+    _, grid, _ = run_inprocess(tmp_path, intercept=shrink, **{"num-server-rounds": 2})
+    assert [len(m.content["config"]["blocks"]) for m in train_messages(grid, 1)] == [12, 6, 3]
+    assert [len(m.content["config"]["blocks"]) for m in train_messages(grid, 2)] == [4, 6, 3]
