@@ -138,7 +138,12 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
     if cfg.resume and ckpt_path.is_file():
         saved = load_checkpoint(ckpt_path)
         if saved.info.get("fingerprint") != backbone.fingerprint:
-            raise ValueError(f"resume: checkpoint {ckpt_path} was made with another backbone")
+            raise ConfigError(f"resume: checkpoint {ckpt_path} was made with another backbone")
+        if saved.info.get("config") != _resumable_config(cfg):
+            raise ConfigError(
+                f"resume: checkpoint {ckpt_path} was made with another config; only num-server-rounds and "
+                "round-timeout may change on resume"
+            )
         global_state, strategy.momentum, first_round = saved.global_state, saved.momentum, saved.round + 1
         outputs.truncate_metrics(run_dir, saved.round)
         log.info("resuming %s after round %d", run_dir, saved.round)
@@ -170,12 +175,21 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
                 round=server_round,
                 global_state=global_state,
                 momentum=strategy.momentum,
-                info={"fingerprint": backbone.fingerprint, "capacities": {str(n.partition_id): n.capacity for n in strategy.nodes.values()}},
+                info={
+                    "fingerprint": backbone.fingerprint,
+                    "config": _resumable_config(cfg),
+                    "capacities": {str(n.partition_id): n.capacity for n in strategy.nodes.values()},
+                },
             ),
         )
 
     finish(run_dir, cfg, backbone, global_state)
     return run_dir
+
+
+def _resumable_config(cfg: RunConfig) -> dict:
+    """The config keys that must not change between a run and its resumption."""
+    return cfg.model_dump(by_alias=True, exclude={"resume", "num_server_rounds", "round_timeout"})
 
 
 def _record(server_round: int, accuracy: dict[str, float], strategy: FedRAStrategy | None = None, seconds: float = 0.0) -> dict:

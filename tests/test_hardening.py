@@ -152,6 +152,8 @@ def test_kill_after_round_two_and_resume_gives_the_uninterrupted_state(tmp_path)
     assert all(torch.equal(got.global_state[k], expected.global_state[k]) for k in expected.global_state)
     rounds = [json.loads(x)["round"] for x in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="was made with another config"):
+        run_inprocess(tmp_path / "killed", **{"num-server-rounds": 5, "resume": True, "lr": 0.1})
 
 
 # Every bad configuration value tried, and the one-line message it gives (checked below).
