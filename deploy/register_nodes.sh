@@ -65,7 +65,12 @@ for key in "${keys[@]}"; do
   [[ "$key" == *.pub ]] || die "$key is not a .pub file (register the public key, never the private one)"
   name="$(basename "$key" .pub)"
   echo "registering $key as '$name' on connection '$conn'"
-  if ! "$flwr" supernode register "$key" "$conn" --name "$name"; then
+  if out="$("$flwr" supernode register "$key" "$conn" --name "$name" 2>&1)"; then
+    echo "$out"
+  elif grep -q "already in use" <<<"$out"; then
+    echo "$key is already registered on this SuperLink"
+  else
+    echo "$out" >&2
     echo "register_nodes.sh: error: registering $key failed" >&2
     status=1
   fi

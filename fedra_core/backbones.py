@@ -146,7 +146,7 @@ def save_backbone(state: dict[str, torch.Tensor], path: Path, extra_metadata: di
     """Write the frozen (non-head) tensors of ``state`` to ``path`` atomically; return their fingerprint."""
     frozen = {k: v.detach().contiguous().cpu() for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # writers racing on one cache each use their own
     save_file(frozen, str(tmp), metadata=dict(extra_metadata or {}))
     fp = fingerprint_file(tmp, list(frozen))
     save_file(frozen, str(tmp), metadata={**(extra_metadata or {}), FINGERPRINT_KEY: fp})

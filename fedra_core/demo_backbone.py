@@ -32,10 +32,11 @@ from torch.utils.data import TensorDataset
 from fedra_core.backbones import DEMO_PRESETS, BackboneSpec, cache_dir, create_skeleton, family_of, save_backbone
 
 RECIPE_VERSION = "1"
-DEFAULT_STEPS: dict[str, int] = {"demo-vit": 1600, "demo-mixer": 1600}
+DEFAULT_STEPS: dict[str, int] = {"demo-vit": 1500, "demo-mixer": 2000}
 MIN_BLOCKS = 3
 FULL_DEPTH_FRACTION = 0.25
 REPORT_KS = (3, 6, 12)
+COLOUR_FRACTION = 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     dark_bg = bg.mean(1, keepdim=True) < 0.5
     fg = torch.where(dark_bg, 0.5 + fg / 2, fg / 2)  # keep ink and paper apart in brightness
     coloured = (fg * ink + bg * (1 - ink)) * 2 - 1
-    pick = (torch.rand(n, 1, 1, 1, generator=gen) < 0.5).to(x.dtype)
+    pick = (torch.rand(n, 1, 1, 1, generator=gen) < COLOUR_FRACTION).to(x.dtype)
     return pick * coloured + (1 - pick) * x
 
 

@@ -82,7 +82,11 @@ def prepare(cfg: RunConfig) -> tuple[Backbone, Evaluator, State]:
 
 def discover_nodes(grid: Grid, strategy: FedRAStrategy, timeout: float) -> None:
     """Query every node not yet known for its capacity and partition; register those that answer."""
-    new = [n for n in grid.get_node_ids() if n not in strategy.nodes]
+    online = set(grid.get_node_ids())
+    for gone in [n for n in strategy.nodes if n not in online]:
+        log.warning("node %d is no longer connected: left out until it comes back", gone)
+        del strategy.nodes[gone]
+    new = [n for n in online if n not in strategy.nodes]
     if not new:
         return
     messages = [

@@ -68,6 +68,7 @@ class InProcessGrid(Grid):
         replies = []
         for message in messages:
             self.sent.append(message)
+            message.metadata.__dict__["_message_id"] = message.object_id  # as Flower's grids stamp it on push
             nid = message.metadata.dst_node_id
             try:
                 reply = self.client_app(message, self.contexts[nid])

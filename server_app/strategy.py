@@ -44,6 +44,7 @@ class RoundPlan:
     allocation: np.ndarray
     global_state: State
     sent: dict[int, State] = field(default_factory=dict)
+    messages: dict[int, Message] = field(default_factory=dict)
     bytes_sent: dict[int, int] = field(default_factory=dict)
 
 
@@ -148,9 +149,9 @@ class FedRAStrategy(Strategy):
             )
             self.plan.sent[node.node_id] = sent
             self.plan.bytes_sent[node.node_id] = record_nbytes(record)
-            messages.append(
-                Message(RecordDict({"arrays": record, "config": cfg}), dst_node_id=node.node_id, message_type=MessageType.TRAIN)
-            )
+            message = Message(RecordDict({"arrays": record, "config": cfg}), dst_node_id=node.node_id, message_type=MessageType.TRAIN)
+            self.plan.messages[node.node_id] = message
+            messages.append(message)
         return messages
 
     def aggregate_train(
@@ -161,11 +162,14 @@ class FedRAStrategy(Strategy):
         plan, outcome = self.plan, RoundOutcome()
         self.outcome = outcome
         row_of = {n.node_id: i for i, n in enumerate(plan.nodes)}
+        # the grid stamps message ids when it sends; a SuperLink answers for a node that went away with
+        # its own node id as sender, so replies are matched to nodes through the message they answer
+        node_of = {m.metadata.message_id: nid for nid, m in plan.messages.items() if m.metadata.message_id}
         states: dict[int, State] = {}
         examples: dict[int, int] = {}
         losses: dict[int, float] = {}
         for reply in replies:
-            node_id = reply.metadata.src_node_id
+            node_id = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if node_id not in row_of:
                 log.warning("round %d: ignoring a reply from node %d, which was not asked", server_round, node_id)
                 continue

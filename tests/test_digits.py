@@ -93,8 +93,10 @@ def test_domains_differ(cache: Path) -> None:
     for i, dom in enumerate(DIGITS_DOMAINS):
         s = stats(raw_domain(dom, "test")[0])
         dist = (((s[:, None, :] - centroids[None]) / scale) ** 2).sum(-1)
-        correct += int((dist.argmin(1) == i).sum())
-    assert correct / (len(DIGITS_DOMAINS) * digits.TEST_PER_DOMAIN) > 0.75
+        votes = np.bincount(dist.argmin(1), minlength=len(DIGITS_DOMAINS))
+        assert votes.argmax() == i, (dom, votes.tolist())  # each domain looks most like itself
+        correct += int(votes[i])
+    assert correct / (len(DIGITS_DOMAINS) * digits.TEST_PER_DOMAIN) > 0.6  # chance is 1/6
 
 
 def test_deterministic_rebuild(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,234 @@
+"""Client peak memory: a fresh process per measurement, holding k of the 12 blocks of a ViT-B/16.
+
+The parent resolves (once) a ViT-B/16-shaped backbone with seeded random weights stored as a local
+safetensors file, then starts one fresh Python process per measurement:
+
+* ``baseline``: imports torch, timm, peft and fedra_core and does nothing else;
+* ``k`` blocks: builds the sub-model of k randomly drawn blocks with ``build_trainable_model``
+  (which reads only those blocks' tensors from the file) and runs one ``train_local`` step on a
+  random batch at 224x224.
+
+Each child reports its own memory from ``/proc/self/status``: the peak resident set (VmHWM) of
+each phase (imports, backbone, build, training step; the peak is reset between phases by writing 5
+to ``/proc/self/clear_refs``) and the resident set after building the model; the process peak is the
+largest phase peak. ``getrusage().ru_maxrss`` is NOT used: on Linux a spawned process inherits the
+high-water mark of the parent at fork/exec, so both ``RUSAGE_SELF`` in the child and
+``RUSAGE_CHILDREN`` in the parent report at least the parent's RSS (it is kept in the JSON as
+``ru_maxrss_inherited`` for the record). The parent compares the peak with the ideal proportional
+share: baseline + embedding, final norm and head + k/12 of the block weights (float32 parameter
+counts of the model).
+
+By default the child is handed the backbone's fingerprint (as a node that already knows it), so
+what is measured is the sub-model and the training step. ``--client-path`` also measures the path
+the ClientApp takes on its first message, ``resolve_backbone``, which fingerprints the whole file.
+
+Run from the repository root:  ``.venv/bin/python -m bench.client_memory``  (``--help`` for options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._common import load_avg, MIB, format_table, machine, set_env_defaults, write_results
+
+MODEL = "vit_base_patch16_224"
+
+
+def _status() -> dict[str, int]:
+    """Return VmRSS, VmHWM, RssAnon and RssFile of this process in bytes."""
+    out: dict[str, int] = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                out[key] = int(line.split()[1]) * 1024
+    return out
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux >= 4.0); return whether it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one measurement in this (fresh) process and return its figures."""
+    import resource
+
+    phases: dict[str, Any] = {}
+    import numpy as np
+    import peft  # noqa: F401
+    import timm  # noqa: F401
+    import torch
+
+    from fedra_core import Backbone, BackboneSpec, LoraSettings, MethodSettings, TrainSettings
+    from fedra_core import build_trainable_model, resolve_backbone, train_local
+
+    torch.set_num_threads(args.threads)
+    phases["imports"] = _status()
+    result: dict[str, Any] = {"mode": args.child, "k": args.k}
+    if args.child != "baseline":
+        spec = BackboneSpec(name=MODEL, weights=args.weights, num_classes=args.num_classes)
+        if not _reset_peak():
+            raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs); per-phase peaks need it")
+        start = time.perf_counter()
+        if args.child == "client-path":
+            backbone = resolve_backbone(spec)  # what NodeRuntime.backbone does on a node's first message
+        else:
+            backbone = Backbone(spec=spec, path=Path(args.weights), fingerprint=args.fingerprint, family="vit",
+                                num_layers=12, embed_dim=768)
+        phases["resolve"] = {**_status(), "seconds": time.perf_counter() - start}
+        blocks = sorted(np.random.default_rng(args.seed).choice(12, size=args.k, replace=False).tolist())
+        result["blocks"] = blocks
+        _reset_peak()
+        start = time.perf_counter()
+        torch.manual_seed(0)
+        model = build_trainable_model(backbone, blocks, LoraSettings(rank=8), MethodSettings(name="fedra"))
+        phases["build"] = {**_status(), "seconds": time.perf_counter() - start}
+        result["model_param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+        g = torch.Generator().manual_seed(0)
+        data = torch.utils.data.TensorDataset(
+            torch.randn(args.batch_size, 3, 224, 224, generator=g), torch.randint(0, args.num_classes, (args.batch_size,), generator=g)
+        )
+        _reset_peak()
+        start = time.perf_counter()
+        res = train_local(model, data, TrainSettings(batch_size=args.batch_size, max_steps=1), seed=0)
+        phases["train_step"] = {**_status(), "seconds": time.perf_counter() - start}
+        result["steps"] = res.steps
+    result["phases"] = phases
+    result["peak"] = max(p["VmHWM"] for p in phases.values())
+    result["ru_maxrss_inherited"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return result
+
+
+def run_child(extra: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Start a fresh Python process for one measurement and return the JSON it prints."""
+    cmd = [sys.executable, "-m", "bench.client_memory", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def frozen_bytes(num_classes: int) -> tuple[int, int]:
+    """Return (bytes of all 12 blocks, bytes of embedding + final norm + head) of the float32 model."""
+    from fedra_core import BackboneSpec
+    from fedra_core.backbones import create_skeleton
+    from fedra_core.state import block_of_key
+
+    model = create_skeleton(BackboneSpec(name=MODEL, weights="random", num_classes=num_classes), "meta")
+    blocks = other = 0
+    for name, p in model.named_parameters():
+        if block_of_key(name) is not None:
+            blocks += 4 * p.numel()
+        else:
+            other += 4 * p.numel()
+    return blocks, other
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(description="Peak RSS of a fresh client process holding k of the 12 blocks of ViT-B/16 during one training step.")
+    parser.add_argument("--ks", default="3,6,12", help="block counts to measure (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per step at 224x224 (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in each child (default: %(default)s)")
+    parser.add_argument("--num-classes", type=int, default=100, help="classifier classes (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="processes per setting; the median is reported (default: %(default)s)")
+    parser.add_argument("--client-path", action="store_true", help="also measure resolve_backbone (whole-file fingerprint) before building, for the smallest k")
+    parser.add_argument("--cache", default="/tmp/bench-cache", help="FEDRA_CACHE if unset")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/client_memory.json)")
+    # internal: the child process
+    parser.add_argument("--child", choices=["baseline", "submodel", "client-path"], help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--fingerprint", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    set_env_defaults(args.cache)
+    if args.child:
+        print(json.dumps(child(args)))
+        return 0
+    host = machine()
+
+    from fedra_core import BackboneSpec, resolve_backbone
+
+    backbone = resolve_backbone(BackboneSpec(name=MODEL, weights="random", num_classes=args.num_classes))
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    common = ["--weights", str(backbone.path), "--fingerprint", backbone.fingerprint, "--threads", str(args.threads),
+              "--batch-size", str(args.batch_size), "--num-classes", str(args.num_classes)]
+    ks = [int(k) for k in args.ks.split(",")]
+    block_bytes, other_bytes = frozen_bytes(args.num_classes)
+
+    def med(runs: list[dict[str, Any]], get) -> float:
+        vals = sorted(get(r) for r in runs)
+        return vals[len(vals) // 2]
+
+    base_runs = [run_child(["--child", "baseline", *common], env) for _ in range(args.repeats)]
+    baseline = med(base_runs, lambda r: r["peak"])
+    measured: list[dict[str, Any]] = []
+    settings = [("submodel", k) for k in ks] + ([("client-path", min(ks))] if args.client_path else [])
+    for mode, k in settings:
+        runs = [run_child(["--child", mode, "--k", str(k), "--seed", str(i), *common], env) for i in range(args.repeats)]
+        measured.append({"mode": mode, "k": k, "runs": runs,
+                         "peak": med(runs, lambda r: r["peak"]),
+                         "peak_min": min(r["peak"] for r in runs), "peak_max": max(r["peak"] for r in runs),
+                         "after_build_rss": med(runs, lambda r: r["phases"]["build"]["VmRSS"]),
+                         "build_peak": med(runs, lambda r: r["phases"]["build"]["VmHWM"]),
+                         "resolve_peak": med(runs, lambda r: r["phases"]["resolve"]["VmHWM"]),
+                         "step_peak": med(runs, lambda r: r["phases"]["train_step"]["VmHWM"]),
+                         "step_seconds": med(runs, lambda r: r["phases"]["train_step"]["seconds"]),
+                         "ideal": baseline + other_bytes + k / 12 * block_bytes})
+        print(f"  measured {mode} k={k}: peak {measured[-1]['peak'] / MIB:.0f} MiB", file=sys.stderr, flush=True)
+    ref = next((m["peak"] for m in measured if m["mode"] == "submodel" and m["k"] == 12), None)
+    for m in measured:
+        m["step_file_growth"] = med(m["runs"], lambda x: x["phases"]["train_step"]["RssFile"] - x["phases"]["build"]["RssFile"])
+        m["step_anon_growth"] = med(m["runs"], lambda x: x["phases"]["train_step"]["RssAnon"] - x["phases"]["build"]["RssAnon"])
+    headers = ["process", "k", "peak MiB (median)", "min-max MiB", "peak - baseline MiB", "(peak - baseline) / 12-block", "k/12",
+               "RSS after build MiB", "step: file-backed growth MiB", "step: anonymous growth MiB",
+               "peak in backbone phase MiB", "ideal MiB", "peak / ideal", "peak / 12-block peak", "step s"]
+    base_peaks = [r["peak"] for r in base_runs]
+    rows: list[list[Any]] = [["baseline (imports)", 0, f"{baseline / MIB:.0f}",
+                              f"{min(base_peaks) / MIB:.0f}-{max(base_peaks) / MIB:.0f}"] + [""] * 7 + [f"{baseline / MIB:.0f}", "", "", ""]]
+    ref_above = (ref - baseline) if ref else None
+    for m in measured:
+        rows.append([
+            "ClientApp path (resolve_backbone first)" if m["mode"] == "client-path" else "sub-model + 1 step",
+            m["k"], f"{m['peak'] / MIB:.0f}", f"{m['peak_min'] / MIB:.0f}-{m['peak_max'] / MIB:.0f}",
+            f"{(m['peak'] - baseline) / MIB:.0f}",
+            f"{(m['peak'] - baseline) / ref_above:.2f}" if ref_above else "", f"{m['k'] / 12:.2f}",
+            f"{m['after_build_rss'] / MIB:.0f}", f"{m['step_file_growth'] / MIB:.0f}", f"{m['step_anon_growth'] / MIB:.0f}",
+            f"{m['resolve_peak'] / MIB:.0f}", f"{m['ideal'] / MIB:.0f}", f"{m['peak'] / m['ideal']:.2f}",
+            f"{m['peak'] / ref:.2f}" if ref else "", f"{m['step_seconds']:.1f}",
+        ])
+    print(f"\nViT-B/16 ({MODEL}, random weights in {backbone.path.name}), LoRA rank 8, batch {args.batch_size} at 224x224, "
+          f"{args.threads} torch threads; block weights {block_bytes / MIB:.1f} MiB (12 blocks), embedding+norm+head "
+          f"{other_bytes / MIB:.1f} MiB:")
+    print(format_table(headers, rows))
+    print("peak = VmHWM of the child (largest of its phase peaks); ideal = baseline + embedding/norm/head + "
+          "k/12 x block weights (weights only: activations and autograd buffers are not in it). "
+          "File-backed growth = frozen weights paged in from the safetensors mmap; anonymous growth = activations, "
+          "gradients, optimizer state.")
+    path = write_results("client_memory", {
+        "machine": {**host, "load_avg_at_end": load_avg()}, "command": " ".join(["python -m bench.client_memory", *argv]),
+        "model": MODEL, "batch_size": args.batch_size, "threads": args.threads, "num_classes": args.num_classes,
+        "block_weight_bytes": block_bytes, "other_weight_bytes": other_bytes, "baseline_peak": baseline,
+        "baseline_runs": base_runs, "measured": measured,
+    }, args.out)
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

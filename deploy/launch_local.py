@@ -1,0 +1,481 @@
+"""Bring up a real FedRA deployment on one machine as plain processes, run the app, tear it down.
+
+The topology is the one of ``deploy/compose.tls.yaml`` and of the multi-machine scripts, without
+Docker: a SuperLink with TLS and SuperNode authentication on a free loopback port, N SuperNodes
+(each with its own capacity, data partition, key pair, Flower home and runtime port) and the
+operator's ``flwr run``. Every step goes through the scripts in ``deploy/`` (certificates,
+keys, registration, start-up, ``flwr run``), so they are exercised exactly as documented.
+
+Used from Python (the end-to-end test does this)::
+
+    with local_federation([NodeSpec(12, 0), NodeSpec(6, 1), NodeSpec(3, 2)]) as fed:
+        result = fed.run_app({"num-server-rounds": 2, "output-dir": "/tmp/runs"})
+
+or from the command line::
+
+    python -m deploy.launch_local --capacities 12,6,3 --run-config "num-server-rounds=2"
+
+Everything started is stopped by process id on exit, including the SuperExec and app processes
+Flower starts underneath, also when something fails half-way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from flwr.common.config import parse_config_args
+
+from server_app.simulate import format_run_config, free_port, prepare_assets, stop_process, wait_for_port
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+CONNECTION = "fedra-local"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One SuperNode: its capacity (blocks it can train), data partition and local settings."""
+
+    capacity: int
+    partition_id: int
+    name: str = ""
+    device: str = "cpu"
+    data_root: str | None = None
+    threads: int | None = 1
+
+    @property
+    def key_name(self) -> str:
+        """The name of the node's key pair (and of its registration on the SuperLink)."""
+        return self.name or f"supernode-p{self.partition_id}"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``flwr run`` returned (exit code, output, also kept in ``log``) and how the run ended
+    according to the SuperLink (``status``: ``finished:completed``, ``finished:failed``, ...).
+
+    ``flwr run --stream`` exits with 0 even when the ServerApp fails, so check ``ok``.
+    """
+
+    returncode: int
+    output: str
+    log: Path
+    run_id: int | None = None
+    status: str = "unknown"
+
+    @property
+    def ok(self) -> bool:
+        """True when ``flwr run`` succeeded and the run finished as completed."""
+        return self.returncode == 0 and self.status == "finished:completed"
+
+
+class LocalFederation:
+    """A SuperLink and SuperNodes on loopback, all started and stopped by this object.
+
+    ``work_dir`` receives certificates (``certs/``), node keys (``keys/``), a Flower home per
+    process, and one log file per process (``logs/``).
+    """
+
+    def __init__(self, work_dir: Path, env: Mapping[str, str] | None = None, connection: str = CONNECTION) -> None:
+        """Prepare (but do not start) a federation in ``work_dir``; ``env`` adds environment variables."""
+        self.work_dir = Path(work_dir).resolve()
+        self.connection = connection
+        self.certs = self.work_dir / "certs"
+        self.keys = self.work_dir / "keys"
+        self.logs = self.work_dir / "logs"
+        self.operator_home = self.work_dir / "operator-home"
+        self.superlink_dir = self.work_dir / "superlink"
+        for folder in (self.logs, self.operator_home, self.superlink_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        bin_dir = str(Path(sys.executable).parent)  # flower-* executables of this environment first
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.env.setdefault("HF_HUB_OFFLINE", "1")
+        self.port: int | None = None
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.nodes: dict[str, NodeSpec] = {}
+        self._seen: dict[int, psutil.Process] = {}  # descendants seen so far (SuperExec, apps)
+
+    # --- set-up -----------------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """The SuperLink's address (``127.0.0.1:PORT``)."""
+        if self.port is None:
+            raise RuntimeError("the SuperLink has not been started")
+        return f"127.0.0.1:{self.port}"
+
+    def generate_credentials(self, key_names: Sequence[str]) -> None:
+        """Create a fresh CA, SuperLink certificate (localhost, 127.0.0.1) and one key pair per name
+        (replacing any left in ``work_dir`` by an earlier bring-up)."""
+        self._script("gen_certs.sh", "--force", "-o", str(self.certs), "localhost", "127.0.0.1")
+        self._script("gen_node_keys.sh", "--force", "-o", str(self.keys), *key_names)
+
+    def start_superlink(self, timeout: float = 60.0) -> None:
+        """Start the SuperLink with TLS and SuperNode authentication on a free loopback port."""
+        self.port = free_port()
+        proc = self._spawn(
+            "superlink",
+            [str(DEPLOY / "start_superlink.sh"), "--certs", str(self.certs), "--host", "127.0.0.1", "--port", str(self.port)],
+            home=self.superlink_dir / "flwr-home",
+            cwd=self.superlink_dir,
+        )
+        try:
+            wait_for_port(self.port, proc, timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; see {self.logs / 'superlink.log'}") from None
+        self.write_connection()
+
+    def write_connection(self) -> None:
+        """Write the operator's connection entry (address + CA certificate) into its ``config.toml``."""
+        out = subprocess.run(
+            ["bash", "-c", 'source "$0" && fedra_write_connection "$@"', str(DEPLOY / "_common.sh"),
+             str(self.operator_home), self.connection, self.address, str(self.certs / "ca.crt"), "0"],
+            env=self.env, capture_output=True, text=True, timeout=30,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"could not write {self.operator_home / 'config.toml'}: {out.stderr.strip()}")
+
+    def register(self, key_names: Sequence[str]) -> None:
+        """Register the public keys of ``key_names`` on the SuperLink (``deploy/register_nodes.sh``)."""
+        pubs = [str(self.keys / f"{name}.pub") for name in key_names]
+        self._script(
+            "register_nodes.sh", "--superlink", self.address, "--ca", str(self.certs / "ca.crt"),
+            "--connection", self.connection, "--flwr-home", str(self.operator_home), *pubs,
+        )
+
+    def start_supernode(self, spec: NodeSpec) -> subprocess.Popen:
+        """Start one authenticated SuperNode (``deploy/start_supernode.sh``) on its own runtime port."""
+        name = spec.key_name
+        if name in self.processes:
+            raise ValueError(f"a SuperNode named {name!r} is already running")
+        args = [str(DEPLOY / "start_supernode.sh"), "--port", str(free_port()), "--device", spec.device]
+        if spec.data_root:
+            args += ["--data-root", spec.data_root]
+        if spec.threads:
+            args += ["--threads", str(spec.threads)]
+        args += [self.address, str(spec.capacity), str(spec.partition_id), str(self.keys / name), str(self.certs / "ca.crt")]
+        extra_env = {"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {}
+        proc = self._spawn(name, args, home=self.work_dir / "nodes" / name / "flwr-home", extra_env=extra_env)
+        self.nodes[name] = spec
+        return proc
+
+    def online_nodes(self) -> list[dict]:
+        """Return the SuperLink's list of online SuperNodes (``flwr supernode ls --format json``)."""
+        reply = self._flwr_json("supernode", "ls", self.connection)
+        return [n for n in reply.get("nodes", []) if n.get("status") == "online"]
+
+    def wait_for_nodes(self, count: int, timeout: float = 120.0) -> list[dict]:
+        """Wait until ``count`` SuperNodes are online; raise RuntimeError naming a node that exited."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._track()
+            for name in self.nodes:
+                code = self.processes[name].poll()
+                if code is not None:
+                    raise RuntimeError(f"SuperNode {name} exited with code {code}; see {self.logs / (name + '.log')}")
+            online = self.online_nodes()
+            if len(online) >= count:
+                return online
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(online)} of {count} SuperNodes online after {timeout:.0f} s")
+            time.sleep(1.0)
+
+    def start(self, nodes: Sequence[NodeSpec], timeout: float = 120.0) -> None:
+        """Bring up the whole federation: credentials, SuperLink, registrations, SuperNodes, wait online."""
+        names = [n.key_name for n in nodes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"SuperNode names must be unique, got {names}")
+        self.generate_credentials(names)
+        self.start_superlink()
+        self.register(names)
+        for spec in nodes:
+            self.start_supernode(spec)
+        self.wait_for_nodes(len(nodes), timeout)
+
+    # --- running ----------------------------------------------------------------------------------
+    def run_app(self, run_config: Mapping[str, object], timeout: float | None = None, echo: bool = False) -> RunResult:
+        """Run the app in this repo with ``flwr run --stream`` (``deploy/run_app.sh``); wait for its end.
+
+        ``run_config`` overrides ``[tool.flwr.app.config]``. With ``echo`` the log is also printed.
+        On timeout the ``flwr run`` client is stopped and TimeoutError raised.
+        """
+        overrides = [format_run_config({k: v}) for k, v in run_config.items()]
+        log = self.logs / "flwr-run.log"
+        command = [
+            str(DEPLOY / "run_app.sh"), "--connection", self.connection, "--flwr-home", str(self.operator_home),
+            "--app", str(REPO), *overrides,
+        ]
+        env = {**self.env, "FLWR_HOME": str(self.operator_home)}
+        lines: list[str] = []
+        with open(log, "w") as sink:
+            proc = subprocess.Popen(
+                command, env=env, cwd=self.work_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, start_new_session=True,
+            )
+
+            def pump() -> None:
+                assert proc.stdout is not None
+                for line in proc.stdout:  # flwr run --stream ends when the run ends
+                    lines.append(line)
+                    sink.write(line)
+                    sink.flush()
+                    if echo:
+                        print(line, end="", flush=True)
+
+            reader = threading.Thread(target=pump, daemon=True)
+            reader.start()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise TimeoutError(f"flwr run did not finish within {timeout:.0f} s; see {log}") from None
+            finally:
+                if proc.poll() is None:
+                    _stop_tree(proc)
+                reader.join(timeout=10)
+        output = "".join(lines)
+        found = re.search(r"started run (\d+)", output)
+        run_id = int(found.group(1)) if found else None
+        return RunResult(proc.returncode, output, log, run_id, self.run_status(run_id) if run_id else "not started")
+
+    def run_status(self, run_id: int) -> str:
+        """Return the SuperLink's status of run ``run_id`` (``flwr ls --run-id``), e.g. ``finished:completed``."""
+        reply = self._flwr_json("ls", self.connection, "--run-id", str(run_id))
+        runs = reply.get("runs", [])
+        return str(runs[0]["status"]) if runs else "unknown"
+
+    def new_key(self, name: str) -> Path:
+        """Create one more key pair (``deploy/gen_node_keys.sh``) without registering it; return the private key."""
+        self._script("gen_node_keys.sh", "-o", str(self.keys), name)
+        return self.keys / name
+
+    def supernode_command(
+        self, spec: NodeSpec, private_key: Path | None, root_certificates: Path | None, max_wait: float = 10.0
+    ) -> list[str]:
+        """Return a raw ``flower-supernode`` command (for probes): TLS with ``root_certificates``, or
+        the system trust store when None; node auth with ``private_key`` when given. It gives up
+        connecting after one retry or ``max_wait`` seconds."""
+        cmd = [
+            self._bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port()),
+            "--node-config", f"partition-id={spec.partition_id} capacity-layers={spec.capacity} device='{spec.device}'",
+            "--max-retries", "1", "--max-wait-time", str(max_wait),
+        ]
+        if root_certificates is not None:
+            cmd += ["--root-certificates", str(root_certificates)]
+        if private_key is not None:
+            cmd += ["--auth-supernode-private-key", str(private_key)]
+        return cmd
+
+    def probe(self, name: str, command: Sequence[str], timeout: float = 60.0) -> tuple[int | None, str]:
+        """Run ``command`` (e.g. a SuperNode that should be refused) until it exits or ``timeout``
+        passes; stop it (and what it started) in any case. Return (exit code or None, its log)."""
+        proc = self._spawn(name, list(command), home=self.work_dir / "probes" / name / "flwr-home")
+        deadline = time.monotonic() + timeout
+        code: int | None = None
+        try:
+            while code is None and time.monotonic() < deadline:
+                self._track()  # what it starts outlives it briefly: remember it for stop()
+                try:
+                    code = proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            _stop_tree(proc)
+            self.processes.pop(name, None)
+        return code, (self.logs / f"{name}.log").read_text(errors="replace")
+
+    # --- tear-down --------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop every process this object started (SuperNodes first, then the SuperLink), by process id,
+        and then whatever they started that is still running."""
+        self._track()
+        for name in [n for n in self.processes if n != "superlink"] + ["superlink"]:
+            proc = self.processes.pop(name, None)
+            if proc is not None:
+                _stop_tree(proc)
+        _stop_all(list(self._seen.values()))
+        self._seen.clear()
+
+    def __enter__(self) -> "LocalFederation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def _track(self) -> None:
+        for proc in list(self.processes.values()):
+            try:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    self._seen.setdefault(child.pid, child)
+            except psutil.NoSuchProcess:
+                pass
+
+    def _flwr_json(self, *args: str) -> dict:
+        """Run ``flwr ARGS --format json`` as the operator; return the reply (RuntimeError on failure)."""
+        out = subprocess.run(
+            [self._bin("flwr"), *args, "--format", "json"], env={**self.env, "FLWR_HOME": str(self.operator_home)},
+            capture_output=True, text=True, timeout=60,
+        )
+        try:
+            reply = json.loads(out.stdout[out.stdout.index("{"):])
+        except ValueError:
+            reply = {}
+        if out.returncode != 0 or not reply.get("success"):
+            raise RuntimeError(f"flwr {' '.join(args)} failed ({out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
+        return reply
+
+    def _bin(self, name: str) -> str:
+        found = shutil.which(name, path=self.env["PATH"])
+        if found is None:
+            raise RuntimeError(f"{name} not found; install flwr==1.41.0 in this environment")
+        return found
+
+    def _script(self, script: str, *args: str) -> None:
+        out = subprocess.run(
+            ["bash", str(DEPLOY / script), *args], env=self.env, capture_output=True, text=True, timeout=300
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"deploy/{script} failed ({out.returncode}): {(out.stderr or out.stdout).strip()[-2000:]}")
+
+    def _spawn(
+        self, name: str, command: list[str], home: Path, cwd: Path | None = None, extra_env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
+        home.mkdir(parents=True, exist_ok=True)
+        env = {**self.env, "FLWR_HOME": str(home), **(extra_env or {})}
+        with open(self.logs / f"{name}.log", "w") as log:
+            proc = subprocess.Popen(
+                command, env=env, cwd=cwd or self.work_dir, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.processes[name] = proc
+        return proc
+
+
+def _gone(p: psutil.Process) -> bool:
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE  # is_running: False if the pid was reused
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _stop_tree(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop ``proc`` and everything it started, by process id.
+
+    Flower starts SuperExec in a session of its own; it watches its parent and exits soon after
+    it, and so do the app processes. Whatever still runs 10 s later gets SIGTERM, then SIGKILL.
+    """
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    stop_process(proc, timeout)
+    _stop_all(descendants)
+
+
+def _stop_all(processes: Sequence[psutil.Process]) -> None:
+    """Give ``processes`` 10 s to exit on their own, then SIGTERM, 5 s later SIGKILL (by pid)."""
+    for sig_wait, action in ((10.0, "terminate"), (5.0, "kill")):
+        deadline = time.monotonic() + sig_wait
+        while time.monotonic() < deadline and not all(_gone(p) for p in processes):
+            time.sleep(0.2)
+        alive = [p for p in processes if not _gone(p)]
+        if not alive:
+            return
+        for p in alive:
+            try:
+                getattr(p, action)()  # psutil checks the pid was not reused
+            except psutil.NoSuchProcess:
+                pass
+
+
+@contextmanager
+def local_federation(
+    nodes: Sequence[NodeSpec],
+    work_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> Iterator[LocalFederation]:
+    """Start a SuperLink and ``nodes`` on loopback with TLS and node auth; stop them all on exit.
+
+    ``work_dir`` defaults to a new temporary folder (removed afterwards; a given one is kept).
+    """
+    own_dir = work_dir is None
+    folder = Path(tempfile.mkdtemp(prefix="fedra-deploy-")) if own_dir else Path(work_dir)
+    fed = LocalFederation(folder, env)
+    try:
+        fed.start(nodes, timeout)
+        yield fed
+    finally:
+        fed.stop()
+        if own_dir:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns ``flwr run``'s exit code (0 with --up after Ctrl-C)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--capacities", type=_int_list, default=[12, 6, 3], help="blocks per SuperNode (default 12,6,3)")
+    parser.add_argument("--partitions", type=_int_list, default=None, help="partition id per SuperNode (default 0..N-1)")
+    parser.add_argument("--device", default="cpu", help="device of every SuperNode (default cpu)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per SuperNode (default 1)")
+    parser.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=5 capacities=\'12,6,3\'"')
+    parser.add_argument("--output-dir", default=str(REPO / "runs"), help="where the ServerApp writes its outputs")
+    parser.add_argument("--work-dir", default=None, help="keep certificates, keys and logs here (default: temporary)")
+    parser.add_argument("--timeout", type=float, default=None, help="give up on the run after this many seconds")
+    parser.add_argument("--up", action="store_true", help="only bring the federation up and wait for Ctrl-C")
+    args = parser.parse_args(argv)
+    partitions = args.partitions if args.partitions is not None else list(range(len(args.capacities)))
+    if len(partitions) != len(args.capacities):
+        parser.error("--partitions needs one id per capacity")
+    nodes = [NodeSpec(c, p, device=args.device, threads=args.threads) for c, p in zip(args.capacities, partitions)]
+    run_config: dict = {"output-dir": str(Path(args.output_dir).resolve())}
+    run_config.update(parse_config_args([args.run_config]) if args.run_config else {})
+    if not args.up:
+        prepare_assets(run_config)  # build the backbone and data once, before the nodes need them
+    work_dir = Path(args.work_dir) if args.work_dir else None
+    try:
+        with local_federation(nodes, work_dir) as fed:
+            print(f"SuperLink {fed.address} (TLS, SuperNode auth), {len(nodes)} SuperNodes online; logs in {fed.logs}", flush=True)
+            if args.up:
+                print(f"use it with: FLWR_HOME={fed.operator_home} flwr run . {fed.connection} --stream", flush=True)
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    return 0
+            result = fed.run_app(run_config, timeout=args.timeout, echo=True)
+            print(f"run {result.run_id}: {result.status}", flush=True)
+            return 0 if result.ok else (result.returncode or 1)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

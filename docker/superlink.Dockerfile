@@ -1,0 +1,36 @@
+# FedRA SuperLink: Flower's official SuperLink image, pinned to 1.41.0, plus the app's
+# dependencies. The ServerApp runs as a subprocess of the SuperLink (--isolation subprocess, the
+# default), so torch & co. must be installed here. The app code itself arrives in the bundle that
+# `flwr run` sends; no code, data, weights or certificates are baked in.
+#
+# Build from the repository root:
+#   docker build -f docker/superlink.Dockerfile -t fedra/superlink:flwr1.41.0 .
+#
+# flwr/superlink has Ubuntu (glibc) variants for the newest Python of the release only; the plain
+# `1.41.0` tag is Alpine (musl), where torch wheels do not install. Override BASE_IMAGE to pin a
+# digest (flwr/superlink@sha256:...) once you have pulled the tag.
+ARG BASE_IMAGE=flwr/superlink:1.41.0-py3.13-ubuntu24.04
+FROM ${BASE_IMAGE}
+
+# CPU wheels by default; the server only evaluates the global model.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG WITH_DIGITS=1
+
+# Writable places for the named volumes of deploy/compose.yaml (a new volume copies this ownership).
+USER root
+RUN mkdir -p /data/cache /app/state /app/runs /app/certs \
+    && chown -R app:app /data /app/state /app/runs /app/certs
+USER app
+
+COPY --chown=app:app pyproject.toml /tmp/fedra/pyproject.toml
+COPY --chown=app:app docker/install_deps.sh /tmp/fedra/install_deps.sh
+RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" WITH_DIGITS="${WITH_DIGITS}" \
+    bash /tmp/fedra/install_deps.sh /tmp/fedra/pyproject.toml \
+    && rm -rf /tmp/fedra
+
+ENV FEDRA_CACHE=/data/cache \
+    FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+WORKDIR /app
+# One port (Fleet, Control and Runtime API over HTTPS); see deploy/compose.yaml for the flags.
+EXPOSE 8000
+ENTRYPOINT ["flower-superlink"]

@@ -1,0 +1,256 @@
+"""Static checks of the Docker deployment (no Docker engine needed): the compose files parse and
+refer only to Dockerfiles, host files, flags and ports that exist; the Dockerfiles start from
+Flower's 1.41.0 images; the deploy scripts are well-formed.
+
+Host files mounted by the TLS overlay are not in the repository: they are what
+``deploy/gen_certs.sh`` (certs/ca.crt, certs/server.pem, certs/server.key) and
+``deploy/gen_node_keys.sh`` (keys/supernode-N) write, so the test runs both into a temporary
+folder and checks every mounted path against their output.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")  # PyYAML comes with flwr
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+BIN = Path(sys.executable).parent
+BASE = DEPLOY / "compose.yaml"
+OVERLAYS = [DEPLOY / "compose.tls.yaml", DEPLOY / "compose.gpu.yaml"]
+SERVICES = {"superlink", "supernode-1", "supernode-2", "supernode-3"}
+CAPACITIES = {"supernode-1": 12, "supernode-2": 6, "supernode-3": 3}
+# accepted by --help for compatibility, but gone or replaced in Flower 1.41
+DEPRECATED = {
+    "--fleet-api-address", "--fleet-api-type", "--control-api-address", "--auth-list-public-keys",
+    "--auth-supernode-public-key", "--clientappio-api-address", "--serverappio-api-address",
+    "--allow-runtime-dependency-installation", "--exec-api-address",
+}
+SCRIPTS = sorted(DEPLOY.glob("*.sh")) + sorted((REPO / "docker").glob("*.sh"))
+
+
+def load(path: Path) -> dict:
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    assert isinstance(doc, dict), f"{path} is not a YAML mapping"
+    return doc
+
+
+def merged(*paths: Path) -> dict:
+    """Merge compose files the way ``docker compose -f a -f b`` does for the keys used here:
+    mappings merge, ``command`` is replaced, ``volumes`` merge by container path."""
+    out: dict = {}
+    for path in paths:
+        for name, service in (load(path).get("services") or {}).items():
+            target = out.setdefault(name, {})
+            for key, value in service.items():
+                if key == "volumes":
+                    mounts = {_mount(v)[1]: v for v in target.get("volumes", [])}
+                    mounts.update({_mount(v)[1]: v for v in value})
+                    target["volumes"] = list(mounts.values())
+                elif isinstance(value, dict) and isinstance(target.get(key), dict):
+                    target[key] = _deep_merge(target[key], value)
+                else:
+                    target[key] = value
+    return out
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _mount(spec: str) -> tuple[str, str]:
+    """(source, container path) of a short-syntax volume."""
+    parts = spec.split(":")
+    assert len(parts) in (2, 3), f"unexpected volume syntax {spec!r}"
+    return parts[0], parts[1]
+
+
+def _flags(command: list[str]) -> dict[str, str | None]:
+    """Flags of an argv list and the value after each (None for a switch)."""
+    out: dict[str, str | None] = {}
+    for i, token in enumerate(command):
+        if token.startswith("--"):
+            nxt = command[i + 1] if i + 1 < len(command) else None
+            out[token.split("=")[0]] = None if nxt is None or nxt.startswith("--") else nxt
+    return out
+
+
+@pytest.fixture(scope="module")
+def help_flags() -> dict[str, set[str]]:
+    """The flags each Flower executable of this environment accepts (from its --help)."""
+    out = {}
+    for exe in ("flower-superlink", "flower-supernode"):
+        run = subprocess.run([str(BIN / exe), "--help"], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        out[exe] = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", run.stdout))
+        assert "--help" in out[exe] and "--insecure" in out[exe]
+    return out
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """A folder laid out like deploy/: certs/ from gen_certs.sh and keys/ from gen_node_keys.sh."""
+    if shutil.which("openssl") is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("needs openssl and ssh-keygen")
+    root = tmp_path_factory.mktemp("generated")
+    for cmd in (["gen_certs.sh", "-o", str(root / "certs")], ["gen_node_keys.sh", "-o", str(root / "keys")]):
+        run = subprocess.run(["bash", str(DEPLOY / cmd[0]), *cmd[1:]], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+    return root
+
+
+# --- compose files ------------------------------------------------------------------------------
+def test_compose_files_parse_and_overlays_name_existing_services() -> None:
+    base = load(BASE)
+    assert set(base["services"]) == SERVICES
+    for overlay in OVERLAYS:
+        assert set(load(overlay)["services"]) <= SERVICES, f"{overlay.name} names a service compose.yaml lacks"
+
+
+@pytest.mark.parametrize("overlays", [[], [OVERLAYS[0]], OVERLAYS], ids=["insecure", "tls", "tls+gpu"])
+def test_build_dockerfiles_exist_and_start_from_flower_1_41(overlays: list[Path]) -> None:
+    for name, service in merged(BASE, *overlays).items():
+        build = service.get("build")
+        assert isinstance(build, dict), f"{name}: no build section"
+        context = (DEPLOY / build["context"]).resolve()
+        dockerfile = context / build["dockerfile"]
+        assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
+        kind = "superlink" if name == "superlink" else "supernode"
+        assert dockerfile.name == f"{kind}.Dockerfile"
+        text = dockerfile.read_text()
+        base_image = re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.M)
+        assert base_image and re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.M), f"{dockerfile.name}: FROM must use ARG BASE_IMAGE"
+        assert re.fullmatch(rf"flwr/{kind}:1\.41\.0-py3\.1\d-ubuntu24\.04", base_image.group(1)), base_image.group(1)
+        for src in re.findall(r"^COPY (?:--\S+ )*(\S+) \S+$", text, re.M):
+            assert (context / src).is_file(), f"{dockerfile.name} copies {src}, which is not in the build context"
+        assert f"ENTRYPOINT [\"flower-{kind}\"]" in text
+
+
+def test_dockerignore_keeps_heavy_and_secret_files_out_but_not_what_images_copy() -> None:
+    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+
+    def ignored(path: str) -> bool:
+        return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path, p.removeprefix("**/"))
+                   or path.startswith(p.rstrip("/") + "/") for p in patterns)
+
+    for path in (".venv", "runs", ".cache", ".git", "x/y.safetensors", "deploy/certs", "deploy/keys", ".flwr_home"):
+        assert ignored(path), f".dockerignore does not exclude {path}"
+    for path in ("pyproject.toml", "docker/install_deps.sh"):
+        assert not ignored(path), f".dockerignore excludes {path}, which the Dockerfiles copy"
+
+
+@pytest.mark.parametrize("overlays", [[], [OVERLAYS[0]], OVERLAYS], ids=["insecure", "tls", "tls+gpu"])
+def test_mounted_host_paths_exist_or_are_generated(overlays: list[Path], generated: Path) -> None:
+    declared = set(load(BASE).get("volumes") or {})
+    for name, service in merged(BASE, *overlays).items():
+        for spec in service.get("volumes", []):
+            source, target = _mount(spec)
+            assert target.startswith("/"), f"{name}: container path {target!r} must be absolute"
+            if source.startswith((".", "/")):
+                rel = Path(source)
+                in_repo = (DEPLOY / rel).exists()
+                made = (generated / rel).is_file() and rel.parts[0] in ("certs", "keys")
+                assert in_repo or made, f"{name}: host path {source} is neither in the repo nor made by gen_certs.sh/gen_node_keys.sh"
+            else:
+                assert source in declared, f"{name}: named volume {source} is not declared"
+
+
+@pytest.mark.parametrize("overlays", [[], [OVERLAYS[0]], OVERLAYS], ids=["insecure", "tls", "tls+gpu"])
+def test_flags_exist_in_flower_1_41_and_ports_agree(overlays: list[Path], help_flags: dict[str, set[str]]) -> None:
+    from client_app.node import NODE_KEYS
+
+    services = merged(BASE, *overlays)
+    link = _flags(services["superlink"]["command"])
+    assert set(link) <= help_flags["flower-superlink"], set(link) - help_flags["flower-superlink"]
+    assert not set(link) & DEPRECATED
+    assert link["--host"] == "0.0.0.0"  # reachable from the other containers
+    port = link["--port"]
+    assert port and port.isdigit()
+    assert f"{port}:{port}" in services["superlink"]["ports"]
+    tls = "--insecure" not in link
+    if tls:
+        assert {"--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth"} <= set(link)
+    partitions = set()
+    mounted_link = {_mount(v)[1] for v in services["superlink"].get("volumes", [])}
+    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"):
+        if flag in link:
+            assert link[flag] in mounted_link, f"superlink: {link[flag]} is not mounted"
+    keys = set()
+    for name in sorted(SERVICES - {"superlink"}):
+        command = services[name]["command"]
+        node = _flags(command)
+        assert set(node) <= help_flags["flower-supernode"], set(node) - help_flags["flower-supernode"]
+        assert not set(node) & DEPRECATED
+        assert node["--superlink"] == f"superlink:{port}"
+        assert ("--insecure" in node) == (not tls), f"{name}: TLS setting differs from the SuperLink's"
+        config = dict(item.split("=", 1) for item in node["--node-config"].split())
+        assert set(config) <= set(NODE_KEYS) and "partition-id" in config
+        assert int(config["capacity-layers"]) == CAPACITIES[name]
+        partitions.add(int(config["partition-id"]))
+        if tls:
+            mounted = {_mount(v)[1] for v in services[name].get("volumes", [])}
+            assert node["--root-certificates"] in mounted and node["--auth-supernode-private-key"] in mounted
+            keys.add(node["--auth-supernode-private-key"])
+    assert partitions == {0, 1, 2}
+    if tls:
+        assert len(keys) == 3, "every SuperNode needs its own key"
+
+
+def test_certificate_names_the_compose_service_and_loopback(generated: Path) -> None:
+    out = subprocess.run(
+        ["openssl", "x509", "-in", str(generated / "certs" / "server.pem"), "-noout", "-ext", "subjectAltName"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    for name in ("DNS:superlink", "DNS:localhost", "IP Address:127.0.0.1"):
+        assert name in out
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(generated / "certs" / "ca.crt"), str(generated / "certs" / "server.pem")],
+        capture_output=True, text=True,
+    )
+    assert verify.returncode == 0, verify.stderr
+    pub = (generated / "keys" / "supernode-1.pub").read_text()
+    assert pub.startswith("ecdsa-sha2-nistp384 ")
+    assert (generated / "certs" / "server.key").stat().st_mode & 0o077 == 0  # private keys not world-readable
+    assert (generated / "keys" / "supernode-1").stat().st_mode & 0o077 == 0
+
+
+# --- scripts ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_are_strict_and_have_usage(script: Path) -> None:
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0, f"{script.name}: syntax error"
+    if script.name.startswith("_"):  # sourced helper
+        return
+    assert "set -euo pipefail" in text
+    helped = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0 and "Usage:" in helped.stdout, helped.stderr
+
+
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s.parent == DEPLOY and not s.name.startswith("_")], ids=lambda p: p.name)
+def test_scripts_reject_unknown_options_in_one_line(script: Path, tmp_path: Path) -> None:
+    run = subprocess.run(["bash", str(script), "--no-such-option"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"{script.name}: error:"), run.stderr
+
+
+@pytest.mark.parametrize("script", ["start_superlink.sh", "start_supernode.sh"])
+def test_start_scripts_use_only_existing_flags(script: str, help_flags: dict[str, set[str]]) -> None:
+    exe = "flower-superlink" if "superlink" in script else "flower-supernode"
+    arrays = re.findall(r"\bargs\+?=\((.*?)\)", (DEPLOY / script).read_text(), re.S)  # what reaches the binary
+    used = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", "\n".join(arrays)))
+    assert used, f"no flower flags found in {script}"
+    assert used <= help_flags[exe], used - help_flags[exe]
+    assert not used & DEPRECATED
