@@ -33,11 +33,13 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +150,7 @@ class Watcher:
         while len(self.line_times) < n:
             self.line_times.append(time.perf_counter() - self.t0)
 
-    def read_stdout(self, stream) -> None:
+    def read_stdout(self, stream: Iterable[str]) -> None:
         """Consume a process's stdout, timestamping every line (run in a thread)."""
         for line in stream:
             self.stdout.append((time.perf_counter() - self.t0, line.rstrip("\n")))
@@ -171,9 +173,14 @@ def run_path(name: str, command: list[str], run_dir: Path, env: dict[str, str], 
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        raise RuntimeError(f"{name}: timed out after {timeout} s")
+        # SIGINT first: server_app.simulate stops the SuperLink it started on Ctrl-C (its finally block)
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        raise RuntimeError(f"{name}: timed out after {timeout} s") from None
     wall = time.perf_counter() - t0
     reader.join(timeout=10)
     watcher.stop()
@@ -185,7 +192,7 @@ def run_path(name: str, command: list[str], run_dir: Path, env: dict[str, str], 
     return {"path": name, "command": command, "wall": wall, "line_times": watcher.line_times, "exit_code": code,
             "flwr_run_started": launch, "records": records,
             "last_stdout_line_at": watcher.stdout[-1][0] if watcher.stdout else None,
-            "stdout_tail": [line for _, line in watcher.stdout[-15:]]}
+            "stdout": [[round(t, 3), line] for t, line in watcher.stdout]}
 
 
 def summarise(res: dict[str, Any]) -> dict[str, float]:
@@ -207,6 +214,60 @@ def summarise(res: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def report(results: dict[str, dict[str, Any]], rounds: int, cpus_per_client: int) -> dict[str, float]:
+    """Print the table and the derived figures of the paths in ``results``; return the derived figures."""
+    for res in results.values():
+        res["phases"] = summarise(res)
+    headers = ["path", "wall s", "start -> round 0 line s", "round seconds (1..R)", "round 1 s", "mean round s (2..R)",
+               "line-to-line s (2..R)", "after last round s", "final avg accuracy"]
+    rows = []
+    for name, res in results.items():
+        p = res["phases"]
+        per_round = ", ".join(f"{r['seconds']:.2f}" for r in res["records"][1:])
+        rows.append([name, f"{p['wall']:.1f}", f"{p['to_round0']:.1f}", per_round, f"{p['round1']:.2f}",
+                     f"{p['steady_round']:.2f}", f"{p['steady_gap']:.2f}", f"{p['tail']:.1f}", f"{100 * p['final_average']:.2f}%"])
+    print(f"\n{rounds} rounds, 3 nodes, tiny ViT (width 32, 12 blocks), 2 local steps of batch 16; "
+          f"simulation with {cpus_per_client} CPU(s) per client:")
+    print(format_table(headers, rows))
+    derived: dict[str, float] = {}
+    if "plain" in results:
+        recs = results["plain"]["records"][1:]
+        for key in ("train-seconds", "aggregate-seconds", "eval-seconds"):
+            derived[f"plain_{key}_per_round"] = sum(r[key] for r in recs) / len(recs)
+        print("plain loop per round: train {:.3f} s (3 clients), aggregate {:.4f} s, evaluate {:.3f} s".format(
+            derived["plain_train-seconds_per_round"], derived["plain_aggregate-seconds_per_round"],
+            derived["plain_eval-seconds_per_round"]))
+    if "local" in results and "plain" in results:
+        lp, pp = results["local"]["phases"], results["plain"]["phases"]
+        derived["local_minus_plain_steady_round"] = lp["steady_round"] - pp["steady_round"]
+        derived["local_minus_plain_steady_gap"] = lp["steady_gap"] - pp["steady_gap"]
+        print(f"in-process Flower apps vs plain loop, per steady round: {derived['local_minus_plain_steady_round']:+.3f} s "
+              f"(server 'seconds'), {derived['local_minus_plain_steady_gap']:+.3f} s (line to line, incl. checkpoint)")
+    if "simulation" in results and "local" in results:
+        sp, lp = results["simulation"]["phases"], results["local"]["phases"]
+        before = sp["to_round0"] - lp["to_round0"]
+        first = (sp["round1"] - sp["steady_round"]) - (lp["round1"] - lp["steady_round"])
+        derived.update({
+            "sim_extra_before_round0": before,
+            "sim_extra_round1": first,
+            "sim_startup_total": before + first,
+            "sim_minus_local_steady_round": sp["steady_round"] - lp["steady_round"],
+            "sim_extra_after_last_round": sp["tail"] - lp["tail"],
+        })
+        launch = results["simulation"]["flwr_run_started"]
+        if launch is not None:
+            derived["sim_launcher_to_flwr_run"] = launch
+        print(f"simulation start-up (Ray, SuperLink, flwr run, ServerApp/ClientApp processes) beyond the in-process path: "
+              f"{before:.1f} s before round 0 + {first:.1f} s extra in round 1 = {before + first:.1f} s; "
+              f"per steady round {derived['sim_minus_local_steady_round']:+.2f} s; after the last round {derived['sim_extra_after_last_round']:+.1f} s"
+              + (f"; `flwr run` started {launch:.1f} s after launch (SuperLink up)" if launch is not None else ""))
+    if len(results) > 1:
+        accs = {n: round(r["phases"]["final_average"], 6) for n, r in results.items()}
+        derived["same_accuracy"] = float(len(set(accs.values())) == 1)
+        print(f"final average accuracy per path: {accs} ({'identical' if len(set(accs.values())) == 1 else 'DIFFERENT'})")
+    return derived
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code."""
     parser = argparse.ArgumentParser(description="One small FedRA run three ways: plain fedra_core loop, in-process Flower apps, flwr run simulation (Ray).")
@@ -219,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
     parser.add_argument("--cache", default="/tmp/bench-cache", help="FEDRA_CACHE if unset")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/framework_overhead.json)")
+    parser.add_argument("--report", type=Path, default=None, help="print the tables of a saved JSON again (runs nothing)")
     parser.add_argument("--plain-worker", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--run-config-json", default="", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
@@ -226,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     set_env_defaults(args.cache)
     if args.plain_worker is not None:
         plain_worker(json.loads(args.run_config_json), args.plain_worker)
+        return 0
+    if args.report is not None:
+        saved = json.loads(args.report.read_text())
+        report(saved["results"], saved["rounds"], saved["cpus_per_client"])
         return 0
     host = machine()
 
@@ -255,58 +321,19 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise SystemExit(f"unknown path {name!r}: use plain, local, simulation")
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            results[name] = run_path(name, command, run_dir, env, args.timeout)
-            results[name]["phases"] = summarise(results[name])
+            homes_before = set(Path(tempfile.gettempdir()).glob("fedra-flwr-home-*"))
+            try:
+                results[name] = run_path(name, command, run_dir, env, args.timeout)
+            finally:
+                # server_app.simulate makes a private FLWR_HOME with mkdtemp and leaves it behind: remove ours
+                for home in set(Path(tempfile.gettempdir()).glob("fedra-flwr-home-*")) - homes_before:
+                    if not args.keep:
+                        shutil.rmtree(home, ignore_errors=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    headers = ["path", "wall s", "start -> round 0 line s", "round 1 s", "steady round s (rounds 2..R)",
-               "line-to-line s (rounds 2..R)", "after last round s", "final avg accuracy"]
-    rows = []
-    for name, res in results.items():
-        p = res["phases"]
-        rows.append([name, f"{p['wall']:.1f}", f"{p['to_round0']:.1f}", f"{p['round1']:.2f}", f"{p['steady_round']:.2f}",
-                     f"{p['steady_gap']:.2f}", f"{p['tail']:.1f}", f"{100 * p['final_average']:.2f}%"])
-    print(f"\n{args.rounds} rounds, 3 nodes, tiny ViT (width 32, 12 blocks), 2 local steps of batch 16; "
-          f"simulation with {args.cpus_per_client} CPU(s) per client:")
-    print(format_table(headers, rows))
-    derived: dict[str, float] = {}
-    if "plain" in results:
-        recs = results["plain"]["records"][1:]
-        for key in ("train-seconds", "aggregate-seconds", "eval-seconds"):
-            derived[f"plain_{key}_per_round"] = sum(r[key] for r in recs) / len(recs)
-        print("plain loop per round: train {:.3f} s (3 clients), aggregate {:.4f} s, evaluate {:.3f} s".format(
-            derived["plain_train-seconds_per_round"], derived["plain_aggregate-seconds_per_round"],
-            derived["plain_eval-seconds_per_round"]))
-    if "local" in results and "plain" in results:
-        lp, pp = results["local"]["phases"], results["plain"]["phases"]
-        derived["local_minus_plain_steady_round"] = lp["steady_round"] - pp["steady_round"]
-        derived["local_minus_plain_steady_gap"] = lp["steady_gap"] - pp["steady_gap"]
-        print(f"in-process Flower apps vs plain loop, per steady round: +{derived['local_minus_plain_steady_round']:.3f} s "
-              f"(server 'seconds'), +{derived['local_minus_plain_steady_gap']:.3f} s (line to line, incl. checkpoint)")
-    if "simulation" in results and "local" in results:
-        sp, lp = results["simulation"]["phases"], results["local"]["phases"]
-        before = sp["to_round0"] - lp["to_round0"]
-        first = (sp["round1"] - sp["steady_round"]) - (lp["round1"] - lp["steady_round"])
-        derived.update({
-            "sim_extra_before_round0": before,
-            "sim_extra_round1": first,
-            "sim_startup_total": before + first,
-            "sim_minus_local_steady_round": sp["steady_round"] - lp["steady_round"],
-            "sim_extra_after_last_round": sp["tail"] - lp["tail"],
-        })
-        launch = results["simulation"]["flwr_run_started"]
-        if launch is not None:
-            derived["sim_launcher_to_flwr_run"] = launch
-        print(f"simulation start-up (Ray, SuperLink, flwr run, ServerApp/ClientApp processes) beyond the in-process path: "
-              f"{before:.1f} s before round 0 + {first:.1f} s extra in round 1 = {before + first:.1f} s; "
-              f"per steady round +{derived['sim_minus_local_steady_round']:.2f} s; after the last round +{derived['sim_extra_after_last_round']:.1f} s"
-              + (f"; `flwr run` started {launch:.1f} s after launch (SuperLink up)" if launch is not None else ""))
-    if len(results) > 1:
-        accs = {n: round(r["phases"]["final_average"], 6) for n, r in results.items()}
-        derived["same_accuracy"] = float(len(set(accs.values())) == 1)
-        print(f"final average accuracy per path: {accs} ({'identical' if len(set(accs.values())) == 1 else 'DIFFERENT'})")
+    derived = report(results, args.rounds, args.cpus_per_client)
     path = write_results("framework_overhead", {
         "machine": {**host, "load_avg_at_end": load_avg()}, "command": " ".join(["python -m bench.framework_overhead", *argv]),
         "run_config": run_config, "rounds": args.rounds, "cpus_per_client": args.cpus_per_client,

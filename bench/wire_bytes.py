@@ -213,6 +213,7 @@ def measure_model(model_name: str, capacities: list[int], rank: int, num_classes
                 }
             )
             assert rows[-1]["capacity"] == len(blocks)
+            assert rows[-1]["tensor_bytes"] == analytic, (model_name, len(blocks), rows[-1]["tensor_bytes"], analytic)
         out["variants"][variant] = rows
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out

@@ -127,18 +127,29 @@ def frozen_keys(model: nn.Module) -> list[str]:
 def fingerprint_file(path: Path, keys: list[str]) -> str:
     """Return the sha256 (hex, first 16 chars) of the named tensors of a safetensors file.
 
-    The hash covers each key's name, dtype, shape and bytes in sorted-key order; tensors are read one
-    at a time, so memory stays at the size of the largest tensor.
+    The hash covers each key's name, safetensors dtype, shape and raw bytes in sorted-key order.
+    The bytes are streamed from the file in chunks (no tensor is built and the file is not mapped),
+    so fingerprinting a large backbone costs no memory.
     """
-    digest = hashlib.sha256()
-    with safe_open(str(path), framework="pt") as f:
-        available = set(f.keys())
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        base = 8 + header_len
+        digest = hashlib.sha256()
         for key in sorted(keys):
-            if key not in available:
+            if key not in header:
                 raise ValueError(f"backbone file {path} lacks tensor {key!r}; is it the right model?")
-            t = f.get_tensor(key).contiguous()
-            digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            entry = header[key]
+            digest.update(f"{key}|{entry['dtype']}|{tuple(entry['shape'])}|".encode())
+            start, end = entry["data_offsets"]
+            f.seek(base + start)
+            remaining = end - start
+            while remaining:
+                chunk = f.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise ValueError(f"backbone file {path} is truncated (tensor {key!r})")
+                digest.update(chunk)
+                remaining -= len(chunk)
     return digest.hexdigest()[:16]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,6 +105,7 @@ def run_simulation(
     The run config is validated first (a bad value stops here, before anything starts).
     """
     load_run_config(run_config)
+    own_home = flwr_home is None
     home = Path(flwr_home or tempfile.mkdtemp(prefix="fedra-flwr-home-"))
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -140,6 +142,8 @@ def run_simulation(
         return subprocess.run(command, env=env, cwd=REPO, timeout=timeout).returncode
     finally:
         stop_process(superlink)
+        if own_home:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def prepare_assets(run_config: dict) -> None:
