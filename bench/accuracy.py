@@ -27,7 +27,7 @@ RESULTS = Path(__file__).parent / "results"
 METHODS = ("fedra", "alllarge", "allsmall", "inclusivefl", "depthfl")
 # Domains from easiest to hardest for the demo backbone (pre-trained on MNIST digits): measured by the
 # accuracy of a model trained on MNIST alone on each domain (see README, digits benchmark).
-EASY_TO_HARD = ("mnist", "usps", "optdigits", "printed", "mnistm", "svhnlike")
+EASY_TO_HARD = ("mnist", "usps", "optdigits", "mnistm", "printed", "housenum")
 SETTINGS = {
     # one client per domain, capacities as in the paper
     "feature": {"capacities": [12, 10, 8, 6, 4, 3], "partitioning": "feature"},
@@ -37,7 +37,7 @@ SETTINGS = {
     # nobody can hold the whole model
     "extreme": {"capacities": [6, 6, 4, 4, 3, 3], "partitioning": "feature"},
 }
-BASE = {"num-server-rounds": 12, "local-steps": 10, "batch-size": 64, "lr": 0.05, "eval-every": 3}
+BASE = {"num-server-rounds": 10, "local-steps": 8, "batch-size": 64, "lr": 0.05, "eval-every": 5}
 
 
 def run_config(setting: str, assignment: str, method: str, seed: int, domains: tuple[str, ...], out: Path) -> dict:
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one CPU thread each)")
     parser.add_argument("--out", default=str(RESULTS / "accuracy-runs"))
+    parser.add_argument("--weights", default="default", help="backbone-weights for every run (pin a file)")
     args = parser.parse_args(argv)
 
     from fedra_core.data.digits import DIGITS_DOMAINS
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for assignment in args.assignments:
             for method in args.methods:
                 for seed in args.seeds:
-                    cfg = run_config(setting, assignment, method, seed, domains, out)
+                    cfg = {**run_config(setting, assignment, method, seed, domains, out), "backbone-weights": args.weights}
                     nodes = len(domains) * int(cfg.get("clients-per-domain", 1)) if cfg["partitioning"] != "feature" else len(domains)
                     jobs[(setting, assignment, method, seed)] = (cfg, nodes)
     print(f"{len(jobs)} runs, {args.jobs} at a time", flush=True)

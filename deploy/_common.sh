@@ -49,3 +49,18 @@ fedra_write_connection() {
   } >> "$cfg.tmp"
   mv "$cfg.tmp" "$cfg"
 }
+
+# fedra_ensure_connection HOME CONN SUPERLINK CA INSECURE: write the connection CONN when SUPERLINK
+# is given (checking the CA certificate unless INSECURE=1), else require that CONN already exists.
+fedra_ensure_connection() {
+  local home="$1" conn="$2" superlink="$3" ca="$4" insecure="$5"
+  if [[ -n "$superlink" ]]; then
+    if [[ $insecure -eq 0 ]]; then
+      [[ -f "$ca" ]] || die "CA certificate $ca not found (copy ca.crt from the SuperLink host, or pass --ca)"
+      ca="$(fedra_abspath "$ca")"
+    fi
+    fedra_write_connection "$home" "$conn" "$superlink" "$ca" "$insecure" || die "could not write $home/config.toml"
+  elif ! grep -q "^\[superlink\.$conn\]" "$home/config.toml" 2>/dev/null; then
+    die "no connection '$conn' in $home/config.toml; pass --superlink HOST:PORT"
+  fi
+}

@@ -54,15 +54,7 @@ mkdir -p "$home"
 home="$(cd "$home" && pwd)"
 export FLWR_HOME="$home"
 
-if [[ -n "$superlink" ]]; then
-  if [[ $insecure -eq 0 ]]; then
-    [[ -f "$ca" ]] || die "CA certificate $ca not found (copy ca.crt from the SuperLink operator, or pass --ca)"
-    ca="$(fedra_abspath "$ca")"
-  fi
-  fedra_write_connection "$home" "$conn" "$superlink" "$ca" "$insecure" || die "could not write $home/config.toml"
-elif ! grep -q "^\[superlink\.$conn\]" "$home/config.toml" 2>/dev/null; then
-  die "no connection '$conn' in $home/config.toml; pass --superlink HOST:PORT"
-fi
+fedra_ensure_connection "$home" "$conn" "$superlink" "$ca" "$insecure"
 
 flwr="$(fedra_bin flwr)" || exit 1
 cmd=("$flwr" run "$app" "$conn" --stream)
