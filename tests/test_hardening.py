@@ -117,7 +117,7 @@ def test_node_raising_mid_round_does_not_crash_the_run(tmp_path):
 KILLED_RUN = """
 import sys, time, json
 sys.path.insert(0, {tests!r})
-import torch; torch.set_num_threads(1)
+import torch; torch.set_num_threads({threads})
 from test_apps import run_inprocess
 from pathlib import Path
 def slow_third_round(node_id, message, reply):
@@ -133,7 +133,8 @@ def test_kill_after_round_two_and_resume_gives_the_uninterrupted_state(tmp_path)
     expected = load_checkpoint(full_dir / "checkpoint.safetensors")
 
     out = tmp_path / "killed"
-    script = KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out))
+    # same thread count as this process: float reductions, hence the bits, depend on it
+    script = KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out), threads=torch.get_num_threads())
     proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
     ckpt = out / "run" / "checkpoint.safetensors"
     deadline = time.monotonic() + 300
