@@ -306,7 +306,9 @@ def demo_backbone_figures(name: str = "demo-vit", seed: int = 0) -> dict[str, fl
 def _main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Pre-train (or show) a demo backbone and its skipped-block robustness.")
+    parser = argparse.ArgumentParser(
+        description="Pre-train (or show) a demo backbone and its skipped-block robustness."
+    )
     parser.add_argument("--name", default="demo-vit", choices=sorted(DEMO_PRESETS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the preset's)")
@@ -324,7 +326,10 @@ def _main(argv: Sequence[str] | None = None) -> None:
     )
     for k in REPORT_KS:
         print(f"  k={k:<2d}  {100 * float(fig[f'acc_k{k}']):5.1f}%")
-    print(f"build time {float(fig['build_seconds']):.0f} s ({fig['steps']} steps, training {float(fig['train_seconds']):.0f} s)")
+    print(
+        f"build time {float(fig['build_seconds']):.0f} s "
+        f"({fig['steps']} steps, data + training {float(fig['train_seconds']):.0f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -379,7 +379,9 @@ def _balanced_labels(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.arange(n) % 10).astype(np.int64)
 
 
-def _pick(pool: np.ndarray, n: int, exclude: set[int] | None, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _pick(
+    pool: np.ndarray, n: int, exclude: set[int] | None, images: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Pick n indices of ``pool`` at random, skipping images whose hash is in ``exclude``."""
     order = rng.permutation(pool)
     if exclude:
