@@ -5,7 +5,8 @@ Every run goes through the real ServerApp and ClientApp logic in one process (``
 no Ray), several runs in parallel worker processes. Finished runs are reused, so the command can be
 stopped and started again. Prints a table per setting (mean and spread over seeds of the per-domain
 and average top-1 of the final global model, with the untuned round-0 model as a row) and writes
-``bench/results/accuracy.json`` and ``bench/results/accuracy-<setting>.png``.
+``bench/results/accuracy.json`` (``accuracy-<settings>.json`` for a subset of settings) and
+``bench/results/accuracy-<setting>.png``.
 
     python -m bench.accuracy --seeds 0 1 2 --jobs 2
 """
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     tables = print_tables(summary, domains)
     plot(summary)
-    (RESULTS / "accuracy.json").write_text(json.dumps(
+    name = "accuracy" if set(args.settings) == set(SETTINGS) else "accuracy-" + "-".join(args.settings)
+    (RESULTS / f"{name}.json").write_text(json.dumps(
         {"base": BASE, "settings": SETTINGS, "easy_to_hard": EASY_TO_HARD, "seeds": args.seeds,
          "summary": summary, "tables": tables, "seconds": time.perf_counter() - start}, indent=1, default=str))
     return 0
