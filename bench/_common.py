@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import platform
 import statistics
 import subprocess
@@ -16,7 +17,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def set_env_defaults(cache: str = "/tmp/bench-cache") -> None:
+BENCH_CACHE = str(Path(tempfile.gettempdir()) / "bench-cache")
+
+
+def set_env_defaults(cache: str = BENCH_CACHE) -> None:
     """Set the offline / no-install environment the benchmarks run under, unless the caller set it."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")

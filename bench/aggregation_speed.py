@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import load_avg, MB, format_table, machine, median, set_env_defaults, timed, write_results
+from bench._common import BENCH_CACHE, load_avg, MB, format_table, machine, median, set_env_defaults, timed, write_results
 
 MODEL = "vit_base_patch16_224"
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s; the ops are small, one thread is what the server uses per key)")
     parser.add_argument("--num-classes", type=int, default=100, help="classifier classes (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", default="/tmp/bench-cache", help="FEDRA_CACHE if unset")
+    parser.add_argument("--cache", default=BENCH_CACHE, help="FEDRA_CACHE if unset")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/aggregation_speed.json)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import load_avg, MIB, format_table, machine, set_env_defaults, write_results
+from bench._common import BENCH_CACHE, load_avg, MIB, format_table, machine, set_env_defaults, write_results
 
 MODEL = "vit_base_patch16_224"
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, default=100, help="classifier classes (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="processes per setting; the median is reported (default: %(default)s)")
     parser.add_argument("--client-path", action="store_true", help="also measure resolve_backbone (whole-file fingerprint) before building, for the smallest k")
-    parser.add_argument("--cache", default="/tmp/bench-cache", help="FEDRA_CACHE if unset")
+    parser.add_argument("--cache", default=BENCH_CACHE, help="FEDRA_CACHE if unset")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/client_memory.json)")
     # internal: the child process
     parser.add_argument("--child", choices=["baseline", "submodel", "client-path"], help=argparse.SUPPRESS)

@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bench._common import load_avg, REPO, format_table, machine, set_env_defaults, write_results
+from bench._common import BENCH_CACHE, load_avg, REPO, format_table, machine, set_env_defaults, write_results
 
 # tests/conftest.py TINY_VIT and tests/app_helpers.py TINY_RUN (copied: tests/ is not a package)
 TINY_VIT = dict(img_size=28, patch_size=7, in_chans=3, embed_dim=32, depth=12, num_heads=2, mlp_ratio=4.0)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                              "with 2 threads, like the other two paths)")
     parser.add_argument("--timeout", type=float, default=540.0, help="seconds per path (default: %(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
-    parser.add_argument("--cache", default="/tmp/bench-cache", help="FEDRA_CACHE if unset")
+    parser.add_argument("--cache", default=BENCH_CACHE, help="FEDRA_CACHE if unset")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/framework_overhead.json)")
     parser.add_argument("--report", type=Path, default=None, help="print the tables of a saved JSON again (runs nothing)")
     parser.add_argument("--plain-worker", type=Path, default=None, help=argparse.SUPPRESS)

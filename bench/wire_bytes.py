@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench._common import load_avg, MB, format_table, machine, set_env_defaults, write_results
+from bench._common import BENCH_CACHE, load_avg, MB, format_table, machine, set_env_defaults, write_results
 
 # Published hyper-parameters of the two backbones (Dosovitskiy et al. 2021; Tolstikhin et al. 2021).
 # The analytic minimum is computed from these, independently of the project's code.
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacities", default="12,10,8,6,4,3", help="one node per capacity (default: %(default)s)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s)")
     parser.add_argument("--num-classes", type=int, default=100, help="classifier classes (default: %(default)s, DomainNet)")
-    parser.add_argument("--cache", default="/tmp/bench-cache", help="FEDRA_CACHE if unset (random backbones are written there once)")
+    parser.add_argument("--cache", default=BENCH_CACHE, help="FEDRA_CACHE if unset (random backbones are written there once)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/wire_bytes.json)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
