@@ -153,6 +153,8 @@ def prepare_assets(run_config: dict) -> None:
 
     cfg = load_run_config(run_config)
     start = time.perf_counter()
+    print(f"preparing the {cfg.dataset} data and the {cfg.backbone} backbone (built once and cached: the "
+          "first run of the demo takes a few minutes here)...", flush=True)
     backbone = resolve_backbone(cfg.backbone_spec())
     test_sets(cfg.data_spec())
     shards = client_shards(cfg.data_spec())
