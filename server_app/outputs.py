@@ -72,6 +72,7 @@ def write_plots(run_dir: Path, records: list[dict[str, Any]], num_layers: int) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     paths = []
     evaluated = [r for r in records if r.get("accuracy")]
@@ -99,7 +100,8 @@ def write_plots(run_dir: Path, records: list[dict[str, Any]], num_layers: int) -
                     grid[i] = r["allocation"][r["partitions"].index(p)]
             ax.imshow(grid, aspect="auto", cmap="Greens", vmin=0, vmax=1, interpolation="nearest",
                       extent=(-0.5, num_layers - 0.5, trained[-1]["round"] + 0.5, trained[0]["round"] - 0.5))
-            ax.set(title=f"node {p}", xlabel="block")
+            ax.set(title=f"partition {p}", xlabel="block")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0][0].set_ylabel("round")
         fig.suptitle("Blocks held by each node per round")
         fig.tight_layout()
