@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fedra-installed
 export FEDRA_CACHE ?= $(CURDIR)/.cache/fedra
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: venv demo test test-fast backbone data clean
+.PHONY: venv demo test test-fast backbone data clean bench bench-accuracy bench-wire bench-memory bench-aggregation bench-overhead
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,24 @@ data: venv
 
 backbone: venv
 	$(BIN)/python -m fedra_core.demo_backbone --name demo-vit
+
+# Benchmarks (docs/RESULTS.md): each prints its tables and writes bench/results/<name>.json.
+bench: bench-wire bench-memory bench-aggregation bench-overhead
+
+bench-accuracy: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.accuracy --jobs 2
+
+bench-wire: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.wire_bytes
+
+bench-memory: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.client_memory --client-path
+
+bench-aggregation: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.aggregation_speed
+
+bench-overhead: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.framework_overhead
 
 clean:
 	rm -rf $(VENV) .cache runs .flwr_home

@@ -41,8 +41,16 @@ SETTINGS = {
 BASE = {"num-server-rounds": 10, "local-steps": 8, "batch-size": 64, "lr": 0.05, "eval-every": 5}
 
 
-def run_config(setting: str, assignment: str, method: str, seed: int, domains: tuple[str, ...], out: Path) -> dict:
-    """Return the run config of one benchmark run."""
+def variant_suffix(overrides: dict) -> str:
+    """Return the name suffix of a run that departs from BASE (``-r30-lr0.1``), or "" for BASE itself."""
+    short = {"num-server-rounds": "r", "lr": "lr"}
+    return "".join(f"-{tag}{overrides[k]}" for k, tag in short.items() if overrides.get(k, BASE[k]) != BASE[k])
+
+
+def run_config(setting: str, assignment: str, method: str, seed: int, domains: tuple[str, ...], out: Path,
+               overrides: dict | None = None) -> dict:
+    """Return the run config of one benchmark run; ``overrides`` replace BASE keys and name the run."""
+    overrides = overrides or {}
     spec = dict(SETTINGS[setting])
     caps = spec.pop("capacities")
     order = [d for d in EASY_TO_HARD if d in domains]
@@ -50,9 +58,9 @@ def run_config(setting: str, assignment: str, method: str, seed: int, domains: t
         order = order[::-1]
     # capacities are given per domain in the dataset's domain order
     by_domain = {d: caps[i] for i, d in enumerate(order)}
-    cfg = {**BASE, **spec, "method": method, "seed": seed, "domains": ",".join(domains),
+    cfg = {**BASE, **overrides, **spec, "method": method, "seed": seed, "domains": ",".join(domains),
            "capacities": ",".join(str(by_domain[d]) for d in domains),
-           "output-dir": str(out), "run-name": f"{setting}-{assignment}-{method}-s{seed}"}
+           "output-dir": str(out), "run-name": f"{setting}-{assignment}-{method}-s{seed}{variant_suffix(overrides)}"}
     return cfg
 
 
@@ -78,11 +86,13 @@ def _records(run_dir: Path) -> list[dict]:
 
 
 def summarise(runs: dict[tuple, Path], domains: tuple[str, ...]) -> dict:
-    """Return {setting: {assignment: {row: {domain/avg: (mean, std)}}}} from finished runs."""
+    """Return {setting: {assignment: {row: {domain/avg: [per seed]}, "_curves": ..., "_seeds": ...}}}
+    from finished runs; rows are the methods and the untuned round-0 model, lists in seed order."""
     out: dict = {}
-    for (setting, assignment, method, seed), run_dir in runs.items():
+    for (setting, assignment, method, seed), run_dir in sorted(runs.items()):
         recs = _records(run_dir)
         cell = out.setdefault(setting, {}).setdefault(assignment, {})
+        cell.setdefault("_seeds", {}).setdefault(method, []).append(seed)
         for row, rec in (("untuned (round 0)", recs[0]), (method, recs[-1])):
             accs = cell.setdefault(row, {})
             for d in domains:
@@ -95,25 +105,39 @@ def summarise(runs: dict[tuple, Path], domains: tuple[str, ...]) -> dict:
     return out
 
 
+def paired_gap(rows: dict, method: str) -> tuple[float, float] | None:
+    """Return mean and standard deviation over seeds of FedRA's average minus ``method``'s, paired by
+    seed (same data split and allocation seed), or None without FedRA runs of the same seeds."""
+    seeds = rows.get("_seeds", {})
+    if method == "fedra" or "fedra" not in rows or seeds.get("fedra") != seeds.get(method):
+        return None
+    gaps = np.subtract(rows["fedra"]["average"], rows[method]["average"])
+    return float(np.mean(gaps)), float(np.std(gaps))
+
+
 def print_tables(summary: dict, domains: tuple[str, ...]) -> str:
-    """Return markdown tables (mean ± std over seeds) for every setting and assignment."""
+    """Return markdown tables (mean ± std over seeds, and FedRA's paired gap to each method) for every
+    setting and assignment."""
     lines = []
     for setting, by_assignment in summary.items():
         for assignment, rows in by_assignment.items():
-            lines += [f"\n### {setting}, {assignment}\n", "| method | " + " | ".join(domains) + " | average |",
-                      "|---" * (len(domains) + 2) + "|"]
+            lines += [f"\n### {setting}, {assignment}\n",
+                      "| method | " + " | ".join(domains) + " | average | FedRA − method (paired) |",
+                      "|---" * (len(domains) + 3) + "|"]
             for row in ("untuned (round 0)",) + METHODS:
                 if row not in rows:
                     continue
                 cells = [f"{np.mean(rows[row][d]):.1f} ± {np.std(rows[row][d]):.1f}" for d in (*domains, "average")]
+                gap = paired_gap(rows, row) if row in METHODS else None
+                cells.append(f"{gap[0]:+.1f} ± {gap[1]:.1f}" if gap else "")
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
     return text
 
 
-def plot(summary: dict) -> None:
-    """Write accuracy-per-round plots (mean over seeds), one figure per setting."""
+def plot(summary: dict, suffix: str = "") -> None:
+    """Write accuracy-per-round plots (mean over seeds), one figure per setting, named with ``suffix``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +153,7 @@ def plot(summary: dict) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(RESULTS / f"accuracy-{setting}.png", dpi=110)
+        fig.savefig(RESULTS / f"accuracy-{setting}{suffix}.png", dpi=110)
         plt.close(fig)
 
 
@@ -143,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one CPU thread each)")
     parser.add_argument("--out", default=str(RESULTS / "accuracy-runs"))
     parser.add_argument("--weights", default="default", help="backbone-weights for every run (pin a file)")
+    parser.add_argument("--rounds", type=int, default=BASE["num-server-rounds"], help="server rounds (names the runs)")
+    parser.add_argument("--lr", type=float, default=BASE["lr"], help="client learning rate (names the runs)")
     args = parser.parse_args(argv)
+    overrides = {"num-server-rounds": args.rounds, "lr": args.lr}
+    suffix = variant_suffix(overrides)
 
     from fedra_core.data.digits import DIGITS_DOMAINS
 
@@ -154,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         for assignment in args.assignments:
             for method in args.methods:
                 for seed in args.seeds:
-                    cfg = {**run_config(setting, assignment, method, seed, domains, out), "backbone-weights": args.weights}
+                    cfg = {**run_config(setting, assignment, method, seed, domains, out, overrides), "backbone-weights": args.weights}
                     nodes = len(domains) * int(cfg.get("clients-per-domain", 1)) if cfg["partitioning"] != "feature" else len(domains)
                     jobs[(setting, assignment, method, seed)] = (cfg, nodes)
     print(f"{len(jobs)} runs, {args.jobs} at a time", flush=True)
@@ -165,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs, domains)
     RESULTS.mkdir(parents=True, exist_ok=True)
     tables = print_tables(summary, domains)
-    plot(summary)
+    plot(summary, suffix)
     name = "accuracy" if set(args.settings) == set(SETTINGS) else "accuracy-" + "-".join(args.settings)
-    (RESULTS / f"{name}.json").write_text(json.dumps(
-        {"base": BASE, "settings": SETTINGS, "easy_to_hard": EASY_TO_HARD, "seeds": args.seeds,
+    (RESULTS / f"{name}{suffix}.json").write_text(json.dumps(
+        {"base": {**BASE, **overrides}, "settings": SETTINGS, "easy_to_hard": EASY_TO_HARD, "seeds": args.seeds,
          "summary": summary, "tables": tables, "seconds": time.perf_counter() - start}, indent=1, default=str))
     return 0
 
