@@ -146,9 +146,11 @@ def plot(summary: dict, suffix: str = "") -> None:
     for setting, by_assignment in summary.items():
         fig, axes = plt.subplots(1, len(by_assignment), figsize=(5.5 * len(by_assignment), 4), squeeze=False)
         for ax, (assignment, rows) in zip(axes[0], sorted(by_assignment.items())):
-            for method, curve in rows["_curves"].items():
+            for method in (m for m in METHODS if m in rows["_curves"]):  # fixed order and colour per method
+                curve = rows["_curves"][method]
                 rounds = sorted(curve)
-                ax.plot(rounds, [np.mean(curve[r]) for r in rounds], marker="o", label=method)
+                ax.plot(rounds, [np.mean(curve[r]) for r in rounds], marker="o", label=method,
+                        color=f"C{METHODS.index(method)}")
             ax.set(title=f"{setting}, {assignment}", xlabel="round", ylabel="average top-1 (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
