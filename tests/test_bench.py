@@ -83,3 +83,19 @@ def test_summary_mean_spread_and_paired_gap(tmp_path: Path) -> None:
     assert "| alllarge | 45.0 ± 5.0 | 30.0 ± 0.0 | 37.5 ± 2.5 | +2.5 ± 7.5 |" in table
     assert "| untuned (round 0) | 10.0 ± 0.0 | 10.0 ± 0.0 | 10.0 ± 0.0 |  |" in table
     assert summary["feature"]["rich-easy"]["_curves"]["fedra"] == {0: [10.0, 10.0], 2: [30.0, 50.0]}
+
+
+def test_head_probe_rebuilds_the_runs_final_model(tmp_path: Path) -> None:
+    from app_helpers import NODES, TINY_RUN
+    from bench.head_probe import probe
+    from client_app.app import app as client_app
+    from server_app.app import run_federation
+    from server_app.local import InProcessGrid
+
+    run_config = {**TINY_RUN, "output-dir": str(tmp_path), "run-name": "run", "num-server-rounds": 2}
+    run_dir = run_federation(InProcessGrid(client_app, NODES, run_config), run_config)
+    logged = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["accuracy"]
+    result = probe(run_dir, steps=3, seed=0)
+    # the server's own evaluation after the last round, reproduced from the checkpoint
+    assert result["before"] == pytest.approx({d: 100 * a for d, a in logged.items()})
+    assert set(result["after"]) == set(logged) and all(0 <= a <= 100 for a in result["after"].values())
