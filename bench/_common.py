@@ -86,11 +86,27 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def portable(value: Any) -> Any:
+    """Return ``value`` with this machine's paths in every string replaced by placeholders: the
+    repository by ".", the temporary folder by "$TMPDIR" and the home folder by "~" (results are
+    committed, and these say nothing about the figures)."""
+    if isinstance(value, str):
+        for prefix, placeholder in ((str(REPO), "."), (tempfile.gettempdir(), "$TMPDIR"), (str(Path.home()), "~")):
+            value = value.replace(prefix, placeholder)
+        return value
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    return value
+
+
 def write_results(name: str, payload: dict[str, Any], out: Path | None = None) -> Path:
-    """Write ``payload`` as indented JSON to ``out`` (default ``bench/results/<name>.json``); return the path."""
+    """Write ``payload`` (machine paths made portable) as indented JSON to ``out`` (default
+    ``bench/results/<name>.json``); return the path."""
     path = out or RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(portable(payload), indent=2) + "\n")
     return path
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
+from bench._common import RESULTS_DIR, write_results
+
 METHODS = ("fedra", "alllarge", "allsmall", "inclusivefl", "depthfl")
 # Domains from easiest to hardest for the demo backbone (pre-trained on MNIST digits): measured by the
 # accuracy of a model trained on MNIST alone on each domain (see README, digits benchmark).
@@ -155,7 +156,7 @@ def plot(summary: dict, suffix: str = "") -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(RESULTS / f"accuracy-{setting}{suffix}.png", dpi=110)
+        fig.savefig(RESULTS_DIR / f"accuracy-{setting}{suffix}.png", dpi=110)
         plt.close(fig)
 
 
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one CPU thread each)")
-    parser.add_argument("--out", default=str(RESULTS / "accuracy-runs"))
+    parser.add_argument("--out", default=str(RESULTS_DIR / "accuracy-runs"))
     parser.add_argument("--weights", default="default", help="backbone-weights for every run (pin a file)")
     parser.add_argument("--rounds", type=int, default=BASE["num-server-rounds"], help="server rounds (names the runs)")
     parser.add_argument("--lr", type=float, default=BASE["lr"], help="client learning rate (names the runs)")
@@ -193,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         futures = {key: pool.submit(_run_one, cfg, nodes) for key, (cfg, nodes) in jobs.items()}
         runs = {key: f.result() for key, f in futures.items()}
     summary = summarise(runs, domains)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     tables = print_tables(summary, domains)
     plot(summary, suffix)
     name = "accuracy" if set(args.settings) == set(SETTINGS) else "accuracy-" + "-".join(args.settings)
-    (RESULTS / f"{name}{suffix}.json").write_text(json.dumps(
-        {"base": {**BASE, **overrides}, "settings": SETTINGS, "easy_to_hard": EASY_TO_HARD, "seeds": args.seeds,
-         "summary": summary, "tables": tables, "seconds": time.perf_counter() - start}, indent=1, default=str))
+    write_results(f"{name}{suffix}", {"base": {**BASE, **overrides}, "settings": SETTINGS, "easy_to_hard": EASY_TO_HARD,
+                                      "seeds": args.seeds, "summary": summary, "tables": tables,
+                                      "seconds": time.perf_counter() - start})
     return 0
 
 

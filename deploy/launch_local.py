@@ -9,7 +9,7 @@ keys, registration, start-up, ``flwr run``), so they are exercised exactly as do
 Used from Python (the end-to-end test does this)::
 
     with local_federation([NodeSpec(12, 0), NodeSpec(6, 1), NodeSpec(3, 2)]) as fed:
-        result = fed.run_app({"num-server-rounds": 2, "output-dir": "/tmp/runs"})
+        result = fed.run_app({"num-server-rounds": 2, "output-dir": "runs"})
 
 or from the command line::
 

@@ -19,18 +19,18 @@ ARG WITH_DIGITS=1
 # Writable places for the named volumes of deploy/compose.yaml (a new volume copies this ownership).
 USER root
 RUN mkdir -p /data/cache /app/state /app/runs /app/certs \
-    && chown -R app:app /data /app/state /app/runs /app/certs
+    && chown -R app:app /data /app
 USER app
 
-COPY --chown=app:app pyproject.toml /tmp/fedra/pyproject.toml
-COPY --chown=app:app docker/install_deps.sh /tmp/fedra/install_deps.sh
+# Staged under the working directory (relative paths) and removed once the dependencies are in.
+WORKDIR /app
+COPY --chown=app:app pyproject.toml docker/install_deps.sh .fedra-build/
 RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" WITH_DIGITS="${WITH_DIGITS}" \
-    bash /tmp/fedra/install_deps.sh /tmp/fedra/pyproject.toml \
-    && rm -rf /tmp/fedra
+    bash .fedra-build/install_deps.sh .fedra-build/pyproject.toml \
+    && rm -rf .fedra-build
 
 ENV FEDRA_CACHE=/data/cache \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
-WORKDIR /app
 # One port (Fleet, Control and Runtime API over HTTPS); see deploy/compose.yaml for the flags.
 EXPOSE 8000
 ENTRYPOINT ["flower-superlink"]

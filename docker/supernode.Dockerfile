@@ -21,15 +21,15 @@ ARG WITH_DIGITS=1
 # Writable cache (backbones, built datasets) for the named volume of deploy/compose.yaml.
 USER root
 RUN mkdir -p /data/cache /data/datasets /app/keys /app/certs \
-    && chown -R app:app /data /app/keys /app/certs
+    && chown -R app:app /data /app
 USER app
 
-COPY --chown=app:app pyproject.toml /tmp/fedra/pyproject.toml
-COPY --chown=app:app docker/install_deps.sh /tmp/fedra/install_deps.sh
+# Staged under the working directory (relative paths) and removed once the dependencies are in.
+WORKDIR /app
+COPY --chown=app:app pyproject.toml docker/install_deps.sh .fedra-build/
 RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" WITH_DIGITS="${WITH_DIGITS}" \
-    bash /tmp/fedra/install_deps.sh /tmp/fedra/pyproject.toml \
-    && rm -rf /tmp/fedra
+    bash .fedra-build/install_deps.sh .fedra-build/pyproject.toml \
+    && rm -rf .fedra-build
 
 ENV FEDRA_CACHE=/data/cache
-WORKDIR /app
 ENTRYPOINT ["flower-supernode"]

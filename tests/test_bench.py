@@ -99,3 +99,12 @@ def test_head_probe_rebuilds_the_runs_final_model(tmp_path: Path) -> None:
     # the server's own evaluation after the last round, reproduced from the checkpoint
     assert result["before"] == pytest.approx({d: 100 * a for d, a in logged.items()})
     assert set(result["after"]) == set(logged) and all(0 <= a <= 100 for a in result["after"].values())
+
+
+def test_results_carry_no_machine_paths() -> None:
+    import tempfile
+
+    from bench._common import REPO, portable
+
+    payload = {"cmd": [f"{REPO}/.venv/bin/python", "-m", "x"], "out": f"{tempfile.gettempdir()}/run-1/a", "n": 3}
+    assert portable(payload) == {"cmd": ["./.venv/bin/python", "-m", "x"], "out": "$TMPDIR/run-1/a", "n": 3}
