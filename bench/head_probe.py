@@ -17,6 +17,7 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
+from statistics import mean
 
 import torch
 from torch.utils.data import ConcatDataset
@@ -27,6 +28,7 @@ from bench._common import format_table, machine, set_env_defaults, write_results
 def probe(run_dir: Path, steps: int, seed: int) -> dict:
     """Return per-domain top-1 (%) of ``run_dir``'s final global model before and after re-fitting
     its head for ``steps`` SGD steps on the pooled training data of every domain."""
+    from fedra_core import trainable_state
     from fedra_core.data.federation import domain_split, domains_of
     from fedra_core.run_config import load_run_config
     from fedra_core.training import train_local
@@ -45,17 +47,11 @@ def probe(run_dir: Path, steps: int, seed: int) -> dict:
     spec = cfg.data_spec()
     pooled = ConcatDataset([domain_split(spec, d, "train") for d in domains_of(spec)])
     train_local(model, pooled, replace(cfg.train_settings(), max_steps=steps), seed=seed)
-    after = _accuracy(evaluator)
-    avg = lambda acc: 100 * sum(acc.values()) / len(acc)  # noqa: E731
+    # the evaluator loads and evaluates the trainable (now: head-only) state, here the re-fitted head itself
+    after = evaluator(trainable_state(model))
     return {"run": run_dir.name, "before": {d: 100 * a for d, a in before.items()},
-            "after": {d: 100 * a for d, a in after.items()}, "average_before": avg(before), "average_after": avg(after)}
-
-
-def _accuracy(evaluator) -> dict[str, float]:
-    """Return top-1 per domain of the evaluator's model as it is now (no state loaded)."""
-    from fedra_core.training import evaluate
-
-    return {d: evaluate(evaluator.model, ds, evaluator.batch_size).accuracy for d, ds in evaluator.test.items()}
+            "after": {d: 100 * a for d, a in after.items()},
+            "average_before": 100 * mean(before.values()), "average_after": 100 * mean(after.values())}
 
 
 def main(argv: list[str] | None = None) -> int:
