@@ -32,11 +32,12 @@ def probe(run_dir: Path, steps: int, seed: int) -> dict:
     from fedra_core.data.federation import domain_split, domains_of
     from fedra_core.run_config import load_run_config
     from fedra_core.training import train_local
-    from server_app.app import prepare
+    from fedra_core import resolve_backbone
     from server_app.checkpoint import load_checkpoint
+    from server_app.server_eval import ServerEvaluator
 
-    cfg = load_run_config(json.loads((run_dir / "config.json").read_text()))
-    _, evaluator, _ = prepare(cfg)
+    cfg = load_run_config({**json.loads((run_dir / "config.json").read_text()), "server-eval-format": "dataset"})
+    evaluator = ServerEvaluator.from_config(cfg, resolve_backbone(cfg.backbone_spec()))
     state = load_checkpoint(run_dir / "checkpoint.safetensors").global_state
     before = evaluator(state)
     model = evaluator.model  # carries ``state`` now

@@ -1,4 +1,5 @@
-"""The FedRA ClientApp: answers capacity queries and trains the sub-model of the blocks it is sent."""
+"""The FedRA ClientApp: answers capacity queries, trains the sub-model of the blocks it is sent and
+evaluates the full global model on the node's own test split."""
 
 from __future__ import annotations
 
@@ -9,16 +10,28 @@ from flwr.clientapp import ClientApp
 
 from client_app.node import NodeRuntime
 from fedra_core import build_trainable_model, load_trainable_state, train_local, trainable_state
+from fedra_core.evaluation import evaluate_global_model
 
 app = ClientApp()
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Reply with this node's capacity, partition and backbone fingerprint."""
+    """Reply with this node's capacity, domain, example counts and backbone fingerprint."""
     node = NodeRuntime.from_context(context)
-    metrics = MetricRecord({"capacity-layers": node.capacity, "partition-id": node.partition_id})
-    config = ConfigRecord({"fingerprint": node.backbone.fingerprint, "device": str(node.device)})
+    data = node.data
+    partition = node.data_spec.partition_id
+    metrics = MetricRecord(
+        {
+            "capacity-layers": node.capacity,
+            "partition-id": -1 if partition is None else partition,
+            "num-train": len(data.train),
+            "num-test": len(data.test),
+        }
+    )
+    config = ConfigRecord(
+        {"fingerprint": node.backbone.fingerprint, "device": str(node.device), "domain": data.domain, "eval-set": data.eval_set}
+    )
     return Message(RecordDict({"metrics": metrics, "config": config}), reply_to=msg)
 
 
@@ -34,9 +47,9 @@ def train(msg: Message, context: Context) -> Message:
     model = build_trainable_model(node.backbone, blocks, node.cfg.lora(), node.cfg.method_settings(), str(node.device))
     load_trainable_state(model, msg.content["arrays"].to_torch_state_dict())
     server_round = int(config["server-round"])
-    seed = (int(config["seed"]) * 1_000_003 + server_round * 10_007 + node.partition_id) % 2**63
+    seed = (int(config["seed"]) * 1_000_003 + server_round * 10_007 + node.seed_offset) % 2**63
     result = train_local(
-        model, node.train_data, node.cfg.train_settings(float(config["distill-weight"])), node.device, seed=seed
+        model, node.data.train, node.cfg.train_settings(float(config["distill-weight"])), node.device, seed=seed
     )
     state = {k: v.to("cpu") for k, v in trainable_state(model).items()}
     metrics = MetricRecord(
@@ -50,3 +63,27 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received full global model on this node's test split, holding at most its
+    capacity of blocks at a time; reply with accuracy, loss, example and correct counts."""
+    start = time.perf_counter()
+    node = NodeRuntime.from_context(context)
+    node.check_fingerprint(str(msg.content["config"]["fingerprint"]))
+    cfg = node.cfg
+    result = evaluate_global_model(
+        node.backbone, msg.content["arrays"].to_torch_state_dict(), cfg.lora(), cfg.method_settings(), node.data.test,
+        node.capacity, cfg.eval_batch_size, node.device, cfg.bf16,
+    )
+    metrics = MetricRecord(
+        {
+            "accuracy": result.accuracy,
+            "loss": result.loss,
+            "num-examples": result.num_examples,
+            "correct": result.correct,
+            "eval-seconds": time.perf_counter() - start,
+        }
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,20 +1,24 @@
-"""What a node knows locally: its settings (node-config over run-config), backbone, device and data."""
+"""What a node knows locally: its settings (node-config over run-config), backbone, device and its own data."""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import torch
 from flwr.app import Context
-from torch.utils.data import Dataset
 
 from fedra_core import Backbone, resolve_backbone
-from fedra_core.backbones import BackboneSpec
-from fedra_core.data.federation import client_shards, client_train_data, domains_of
+from fedra_core.backbones import BackboneSpec, input_size
+from fedra_core.data.federation import client_shards, domains_of
+from fedra_core.data.node_data import DATA_FORMATS, NodeData, NodeDataError, NodeDataSpec, load_node_data
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 
-NODE_KEYS = ("partition-id", "num-partitions", "capacity-layers", "device", "backbone-weights", "data-root", "num-threads")
+NODE_KEYS = (
+    "data-format", "data-root", "domain", "partition-id", "num-partitions", "capacity-layers", "device",
+    "backbone-weights", "num-threads",
+)
 
 
 @lru_cache(maxsize=4)
@@ -27,18 +31,23 @@ def _run_config(items: tuple) -> RunConfig:
     return load_run_config(dict(items))
 
 
+_node_data = lru_cache(maxsize=8)(load_node_data)
+
+
 @dataclass
 class NodeRuntime:
     """A node's validated settings and lazily built resources.
 
-    node-config keys (deployment: ``flower-supernode --node-config``; simulation adds partition-id):
-    partition-id (required), capacity-layers (else the run's ``capacities`` entry for this
-    partition or its domain), device (``cpu``, ``cuda``, ``cuda:1``; default: cuda when available),
-    backbone-weights (a local .safetensors overriding the run's), data-root, num-threads.
+    node-config keys (deployment: ``flower-supernode --node-config``; Flower's simulation gives
+    partition-id and num-partitions): data-format (imagefolder, domainnet, nicopp, digits, partition;
+    default partition when partition-id is given), data-root, domain, partition-id (partition format),
+    capacity-layers (else the run's ``capacities`` entry for this partition or domain), device
+    (``cpu``, ``cuda``, ``cuda:1``; default: cuda when available), backbone-weights (a local
+    .safetensors overriding the run's), num-threads.
     """
 
     cfg: RunConfig
-    partition_id: int
+    data_spec: NodeDataSpec
     capacity: int
     device: torch.device
     weights_override: str | None
@@ -50,21 +59,29 @@ class NodeRuntime:
         unknown = sorted(set(node_cfg) - set(NODE_KEYS))
         if unknown:
             raise ConfigError(f"unknown node-config key {unknown[0]!r}: allowed {list(NODE_KEYS)}")
+        fmt = str(node_cfg.get("data-format", "partition" if "partition-id" in node_cfg else ""))
         run_items = dict(context.run_config)
-        if node_cfg.get("data-root"):
+        if fmt == "partition" and node_cfg.get("data-root"):  # the node's copy of the partitioned dataset
             run_items["data-root"] = str(node_cfg["data-root"])
         cfg = _run_config(tuple(sorted(run_items.items(), key=lambda kv: kv[0])))
-        if "partition-id" not in node_cfg:
-            raise ConfigError("node-config lacks 'partition-id': give each SuperNode its data partition")
-        partition_id = _int(node_cfg["partition-id"], "partition-id", 0)
+        if not fmt:
+            raise ConfigError(
+                "node-config lacks 'data-format': name this node's own data, e.g. "
+                "\"data-format='imagefolder' data-root='/data/mine'\" (allowed formats: " + ", ".join(DATA_FORMATS) + ")"
+            )
+        partition_id = _int(node_cfg["partition-id"], "partition-id", 0) if "partition-id" in node_cfg else None
+        try:
+            data_spec = NodeDataSpec(fmt, str(node_cfg.get("data-root", "")), str(node_cfg.get("domain", "")), partition_id)
+        except NodeDataError as exc:
+            raise ConfigError(str(exc)) from None
         if "num-threads" in node_cfg:
             torch.set_num_threads(_int(node_cfg["num-threads"], "num-threads", 1))
         capacity = (
             _int(node_cfg["capacity-layers"], "capacity-layers", 1)
             if "capacity-layers" in node_cfg
-            else _capacity_from_run(cfg, partition_id)
+            else _capacity_from_run(cfg, data_spec)
         )
-        return cls(cfg, partition_id, capacity, _device(str(node_cfg.get("device", "auto"))), node_cfg.get("backbone-weights"))
+        return cls(cfg, data_spec, capacity, _device(str(node_cfg.get("device", "auto"))), node_cfg.get("backbone-weights"))
 
     @cached_property
     def backbone(self) -> Backbone:
@@ -75,9 +92,21 @@ class NodeRuntime:
         return backbone
 
     @cached_property
-    def train_data(self) -> Dataset:
-        """The node's training subset."""
-        return client_train_data(self.cfg.data_spec(), self.partition_id)[1]
+    def data(self) -> NodeData:
+        """The node's own training and test split (ConfigError names a bad node-config value)."""
+        try:
+            cfg = self.cfg
+            return _node_data(self.data_spec, cfg.data_spec(), cfg.label_space(), input_size(self.backbone.spec), cfg.eval_max_examples)
+        except NodeDataError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def seed_offset(self) -> int:
+        """A per-node integer for the node's training seed: the partition id, else a hash of its data."""
+        if self.data_spec.partition_id is not None and self.data_spec.data_format == "partition":
+            return self.data_spec.partition_id
+        spec = self.data_spec
+        return zlib.crc32(f"{spec.data_format}:{spec.domain}:{spec.root}".encode())
 
     def check_fingerprint(self, expected: str) -> None:
         """Refuse to train when the server's backbone fingerprint differs from ours."""
@@ -109,15 +138,25 @@ def _device(name: str) -> torch.device:
         raise ConfigError(f"node-config 'device' = {name!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
 
 
-def _capacity_from_run(cfg: RunConfig, partition_id: int) -> int:
+def _capacity_from_run(cfg: RunConfig, data: NodeDataSpec) -> int:
     caps = cfg.capacities
-    shards = client_shards(cfg.data_spec())
-    if len(caps) == len(shards):
-        return caps[partition_id]
-    domains = domains_of(cfg.data_spec())
-    if len(caps) == len(domains) and partition_id < len(shards):
-        return caps[domains.index(shards[partition_id].domain)]
+    if data.data_format == "partition":
+        shards = client_shards(cfg.data_spec())
+        if data.partition_id >= len(shards):
+            raise ConfigError(f"node-config 'partition-id' = {data.partition_id}: this federation has partitions 0..{len(shards) - 1}")
+        if len(caps) == len(shards):
+            return caps[data.partition_id]
+        domains = domains_of(cfg.data_spec())
+        if len(caps) == len(domains) and data.partition_id < len(shards):
+            return caps[domains.index(shards[data.partition_id].domain)]
+        raise ConfigError(
+            f"config key 'capacities' has {len(caps)} entries: give one per partition ({len(shards)}) or per domain "
+            f"({len(domains)}), or set node-config capacity-layers"
+        )
+    domains = list(cfg.domains)
+    if data.domain in domains and len(caps) == len(domains):
+        return caps[domains.index(data.domain)]
     raise ConfigError(
-        f"config key 'capacities' has {len(caps)} entries: give one per partition ({len(shards)}) or per domain "
-        f"({len(domains)}), or set node-config capacity-layers"
+        f"node-config lacks 'capacity-layers' (domain {data.domain!r} has no entry in the run's 'capacities'): "
+        "give the number of blocks this node can train, e.g. capacity-layers=6"
     )

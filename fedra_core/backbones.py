@@ -110,6 +110,13 @@ def create_skeleton(spec: BackboneSpec, device: str | torch.device = "meta") -> 
     return model
 
 
+def input_size(spec: BackboneSpec) -> int:
+    """Return the square input resolution (pixels) the backbone of ``spec`` expects."""
+    model = create_skeleton(spec, device="meta")
+    embed = getattr(model, "patch_embed", None) or model.stem
+    return int(embed.img_size[0])
+
+
 def family_of(model: nn.Module) -> Family:
     """Return ``"vit"`` or ``"mixer"`` for a timm model; raise ValueError for any other architecture."""
     if isinstance(model, VisionTransformer):

@@ -6,10 +6,11 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedra_core import BackboneSpec, LoraSettings, MethodSettings, TrainSettings
 from fedra_core.data.federation import DataSpec
+from fedra_core.data.node_data import LabelSpace
 from fedra_core.methods import METHODS
 
 
@@ -44,6 +45,7 @@ class RunConfig(BaseModel):
     data_root: str = Field("", alias="data-root")
     domains: list[str] = Field(default_factory=list)
     num_classes: int = Field(0, alias="num-classes", ge=0)
+    class_names: list[str] = Field(default_factory=list, alias="class-names")
     img_size: int = Field(224, alias="img-size", ge=16)
     partitioning: Literal["feature", "feature-label"] = "feature"
     clients_per_domain: int = Field(5, alias="clients-per-domain", ge=1)
@@ -68,6 +70,9 @@ class RunConfig(BaseModel):
     eval_every: int = Field(1, alias="eval-every", ge=0)
     eval_batch_size: int = Field(256, alias="eval-batch-size", ge=1)
     eval_max_examples: int = Field(0, alias="eval-max-examples", ge=0)
+    server_eval_format: Literal["", "dataset", "imagefolder"] = Field("", alias="server-eval-format")
+    server_eval_root: str = Field("", alias="server-eval-root")
+    server_device: Literal["auto", "cpu", "cuda"] = Field("auto", alias="server-device")
     seed: int = 0
     output_dir: str = Field("runs", alias="output-dir")
     run_name: str = Field("", alias="run-name")
@@ -89,7 +94,7 @@ class RunConfig(BaseModel):
                 raise ValueError(f"capacity {k} must be at least 1 (a node holds 1..num_layers blocks)")
         return caps
 
-    @field_validator("domains", "lora_targets", mode="before")
+    @field_validator("domains", "lora_targets", "class_names", mode="before")
     @classmethod
     def _str_list(cls, value: Any) -> list[str]:
         if isinstance(value, (list, tuple)):
@@ -110,6 +115,16 @@ class RunConfig(BaseModel):
         if not isinstance(parsed, dict):
             raise ValueError("must be a JSON object")
         return parsed
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        if self.class_names and self.num_classes and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"config key 'class-names' lists {len(self.class_names)} names but 'num-classes' = {self.num_classes}: give one name per class"
+            )
+        if self.server_eval_format == "imagefolder" and not self.server_eval_root:
+            raise ValueError("config key 'server-eval-root' is empty: server-eval-format 'imagefolder' needs the folder of the held-out set")
+        return self
 
     # --- conversions to the engine's settings -------------------------------------------------
     def backbone_spec(self, weights_override: str | None = None) -> BackboneSpec:
@@ -137,8 +152,12 @@ class RunConfig(BaseModel):
         )
 
     def resolved_num_classes(self) -> int:
-        """Return num-classes, or the dataset's default when it is 0."""
-        return self.num_classes or {"digits": 10, "domainnet": 100, "nicopp": 60}[self.dataset]
+        """Return num-classes, else the number of class-names, else the dataset's default."""
+        return self.num_classes or len(self.class_names) or {"digits": 10, "domainnet": 100, "nicopp": 60}[self.dataset]
+
+    def label_space(self) -> LabelSpace:
+        """Return the run's label space (num-classes and class-names) that every node's labels must fit."""
+        return LabelSpace(self.resolved_num_classes(), tuple(self.class_names))
 
     def lora(self) -> LoraSettings:
         """Return the LoRA settings."""
@@ -175,7 +194,9 @@ def _one_line(exc: ValidationError) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "config"
         value = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if not err["loc"]:  # a check across keys: its message names them
+            parts.append(msg)
+        elif err["type"] == "extra_forbidden":
             parts.append(f"unknown config key {key!r}")
         else:
             parts.append(f"config key {key!r} = {value!r}: {msg}")

@@ -43,14 +43,16 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Top-1 accuracy (0..1), mean cross-entropy and the number of examples evaluated."""
+    """Top-1 accuracy (0..1), mean cross-entropy, the number of examples evaluated and of correct ones."""
 
     accuracy: float
     loss: float
     num_examples: int
+    correct: int = 0
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """Return a bfloat16 autocast context for ``device`` when ``bf16``, else a no-op context."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
@@ -79,7 +81,7 @@ def train_local(
             if settings.max_steps is not None and steps >= settings.max_steps:
                 break
             images, labels = images.to(device), labels.to(device)
-            with _autocast(device, settings.bf16):
+            with autocast(device, settings.bf16):
                 outputs = forward_outputs(model, images)
                 loss = mutual_distillation_loss([o.float() for o in outputs], labels, settings.distill_weight)
             optimizer.zero_grad(set_to_none=True)
@@ -103,9 +105,9 @@ def evaluate(
     correct, total, loss_sum = 0, 0, 0.0
     for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         images, labels = images.to(device), labels.to(device)
-        with _autocast(device, bf16):
+        with autocast(device, bf16):
             logits = model(images).float()
         loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(dim=1) == labels).sum())
         total += len(labels)
-    return EvalResult(accuracy=correct / max(total, 1), loss=loss_sum / max(total, 1), num_examples=total)
+    return EvalResult(accuracy=correct / max(total, 1), loss=loss_sum / max(total, 1), num_examples=total, correct=correct)

@@ -1,5 +1,5 @@
-"""The FedRA ServerApp: config in, capacities, rounds of allocation/training/aggregation, evaluation,
-checkpoint and outputs."""
+"""The FedRA ServerApp: config in, node discovery, rounds of allocation/training/aggregation, federated
+evaluation (and server-side evaluation when the operator has a held-out set), checkpoint and outputs."""
 
 from __future__ import annotations
 
@@ -7,22 +7,21 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedra_core import build_trainable_model, evaluate, load_trainable_state, resolve_backbone, trainable_state
+from fedra_core import build_trainable_model, resolve_backbone, trainable_state
 from fedra_core.backbones import Backbone
-from fedra_core.data.federation import client_shards, test_sets
 from fedra_core.depthfl import consistency_weight
 from fedra_core.lora import export_peft_adapter
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 from fedra_core.state import State, clone_state
 from server_app import outputs
 from server_app.checkpoint import CHECKPOINT_NAME, ServerState, load_checkpoint, save_checkpoint
+from server_app.server_eval import ServerEvaluator
 from server_app.strategy import FedRAStrategy, NodeInfo
 from server_app.validation import ReplyLimits
 
@@ -47,23 +46,9 @@ def setup_logging() -> None:
         log.propagate = False
 
 
-@dataclass
-class Evaluator:
-    """The full global model (every block) and the test split of every domain."""
-
-    model: torch.nn.Module
-    test: dict
-    batch_size: int
-    bf16: bool
-
-    def __call__(self, state: State) -> dict[str, float]:
-        """Return top-1 accuracy per domain of the model carrying ``state``."""
-        load_trainable_state(self.model, state)
-        return {d: evaluate(self.model, ds, self.batch_size, bf16=self.bf16).accuracy for d, ds in self.test.items()}
-
-
-def prepare(cfg: RunConfig) -> tuple[Backbone, Evaluator, State]:
-    """Resolve the backbone, load the test sets and build the seeded initial global state.
+def prepare(cfg: RunConfig) -> tuple[Backbone, State, ServerEvaluator | None]:
+    """Resolve the backbone, build the seeded initial global state and, when asked, the server-side
+    evaluator. The server opens no dataset unless ``server-eval-format`` is set.
 
     Everything that can fail on bad configuration fails here, before any training.
     """
@@ -72,12 +57,11 @@ def prepare(cfg: RunConfig) -> tuple[Backbone, Evaluator, State]:
     except ValueError as exc:
         raise ConfigError(f"config keys 'backbone' = {cfg.backbone!r}, 'backbone-weights' = {cfg.backbone_weights!r}: {exc}") from None
     cfg.check_against_backbone(backbone.num_layers)
-    test = test_sets(cfg.data_spec(), cfg.eval_max_examples)
-    client_shards(cfg.data_spec())  # validates partitioning now rather than on the nodes
     torch.manual_seed(cfg.seed)
     model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.method_settings())
     initial = clone_state(trainable_state(model))
-    return backbone, Evaluator(model, test, cfg.eval_batch_size, cfg.bf16), initial
+    server_eval = ServerEvaluator.from_config(cfg, backbone) if cfg.server_eval_format else None
+    return backbone, initial, server_eval
 
 
 def discover_nodes(grid: Grid, strategy: FedRAStrategy, timeout: float) -> None:
@@ -106,20 +90,24 @@ def discover_nodes(grid: Grid, strategy: FedRAStrategy, timeout: float) -> None:
             )
             continue
         try:
-            strategy.register(NodeInfo(node_id, int(metrics["partition-id"]), int(metrics["capacity-layers"])))
-        except ValueError as exc:
-            log.warning("%s: node left out", exc)
+            info = NodeInfo(
+                node_id, int(metrics["partition-id"]), int(metrics["capacity-layers"]), str(config["domain"]),
+                int(metrics["num-train"]), int(metrics["num-test"]), str(config["eval-set"]),
+            )
+            strategy.register(info)
+        except (KeyError, ValueError) as exc:
+            log.warning("node %d: %s: node left out", node_id, exc)
             continue
         log.info(
-            "node %d: partition %d, capacity %d blocks, device %s",
-            node_id, int(metrics["partition-id"]), int(metrics["capacity-layers"]), config["device"],
+            "node %d: domain %s, capacity %d blocks, %d train / %d test examples, device %s",
+            node_id, info.domain, info.capacity, info.num_train, info.num_test, config["device"],
         )
 
 
 def run_federation(grid: Grid, run_config: dict) -> Path:
     """Run every round of a federation on ``grid``; return the run folder."""
     cfg = load_run_config(run_config)
-    backbone, evaluator, global_state = prepare(cfg)
+    backbone, global_state, server_eval = prepare(cfg)
     run_dir = Path(cfg.output_dir) / (cfg.run_name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT_NAME
@@ -134,7 +122,6 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
         limits=ReplyLimits(cfg.max_update_norm, cfg.max_examples),
         sampling=cfg.client_sampling,
         clients_per_round=cfg.clients_per_round,
-        shards=client_shards(cfg.data_spec()),
         distill_weight_fn=(lambda r: consistency_weight(r, cfg.depthfl_ramp_rounds)) if cfg.method == "depthfl" else None,
     )
     strategy.summary()
@@ -153,8 +140,9 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
         log.info("resuming %s after round %d", run_dir, saved.round)
     else:
         (run_dir / "metrics.jsonl").write_text("")
-        accuracy = evaluator(global_state) if cfg.eval_every else {}
-        _log_record(run_dir, _record(0, accuracy), cfg.num_server_rounds)
+        discover_nodes(grid, strategy, cfg.round_timeout)
+        evaluation = evaluate_round(grid, strategy, server_eval, 0, global_state, cfg.round_timeout) if cfg.eval_every else {}
+        _log_record(run_dir, _record(0, evaluation), cfg.num_server_rounds)
     save_config = {k: v for k, v in cfg.model_dump(by_alias=True).items()}
     (run_dir / "config.json").write_text(json.dumps(save_config, indent=2))
 
@@ -170,8 +158,8 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
             global_state = new_arrays.to_torch_state_dict()
         last = server_round == cfg.num_server_rounds
         evaluate_now = cfg.eval_every and (server_round % cfg.eval_every == 0 or last)
-        accuracy = evaluator(global_state) if evaluate_now else {}
-        record = _record(server_round, accuracy, strategy, time.perf_counter() - start)
+        evaluation = evaluate_round(grid, strategy, server_eval, server_round, global_state, cfg.round_timeout) if evaluate_now else {}
+        record = _record(server_round, evaluation, strategy, time.perf_counter() - start)
         _log_record(run_dir, record, cfg.num_server_rounds)
         save_checkpoint(
             ckpt_path,
@@ -182,7 +170,7 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
                 info={
                     "fingerprint": backbone.fingerprint,
                     "config": _resumable_config(cfg),
-                    "capacities": {str(n.partition_id): n.capacity for n in strategy.nodes.values()},
+                    "capacities": {str(n.node_id): n.capacity for n in strategy.nodes.values()},
                 },
             ),
         )
@@ -191,22 +179,48 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
     return run_dir
 
 
+def evaluate_round(
+    grid: Grid, strategy: FedRAStrategy, server_eval: ServerEvaluator | None, server_round: int, state: State, timeout: float
+) -> dict:
+    """Evaluate the global ``state``: on the nodes' own test splits through the strategy's
+    configure_evaluate / aggregate_evaluate, and on the server's held-out set when there is one.
+    Returns the record entries (``accuracy``, ``average``, ``loss``, ``examples``, ``eval-nodes``,
+    ``eval-rejected``, and ``server-accuracy`` / ``server-average``)."""
+    out: dict = {}
+    messages = list(strategy.configure_evaluate(server_round, ArrayRecord(state), ConfigRecord(), grid))
+    replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
+    metrics = strategy.aggregate_evaluate(server_round, replies)
+    outcome = strategy.eval_outcome
+    if metrics is not None:
+        domains = [k.split("/", 1)[1] for k in metrics if k.startswith("accuracy/")]
+        out["accuracy"] = {d: float(metrics[f"accuracy/{d}"]) for d in domains}
+        out["average"] = float(metrics["average"])
+        out["loss"] = {d: float(metrics[f"loss/{d}"]) for d in domains}
+        out["examples"] = {d: int(metrics[f"examples/{d}"]) for d in domains}
+    if outcome is not None:
+        out["eval-nodes"] = outcome.accepted
+        out["eval-rejected"] = {str(k): v for k, v in outcome.rejected.items()}
+    if server_eval is not None:
+        accuracy = server_eval(state)
+        out["server-accuracy"] = accuracy
+        out["server-average"] = sum(accuracy.values()) / len(accuracy)
+    return out
+
+
 def _resumable_config(cfg: RunConfig) -> dict:
     """The config keys that must not change between a run and its resumption."""
     return cfg.model_dump(by_alias=True, exclude={"resume", "num_server_rounds", "round_timeout"})
 
 
-def _record(server_round: int, accuracy: dict[str, float], strategy: FedRAStrategy | None = None, seconds: float = 0.0) -> dict:
-    record: dict = {"round": server_round, "seconds": round(seconds, 3)}
-    if accuracy:
-        record["accuracy"] = accuracy
-        record["average"] = sum(accuracy.values()) / len(accuracy)
+def _record(server_round: int, evaluation: dict, strategy: FedRAStrategy | None = None, seconds: float = 0.0) -> dict:
+    record: dict = {"round": server_round, "seconds": round(seconds, 3), **evaluation}
     if strategy is not None and strategy.plan is not None and strategy.outcome is not None:
         plan, outcome = strategy.plan, strategy.outcome
         record.update(
             {
                 "partitions": [n.partition_id for n in plan.nodes],
                 "node-ids": [n.node_id for n in plan.nodes],
+                "node-labels": [n.label for n in plan.nodes],
                 "capacities": [n.capacity for n in plan.nodes],
                 "allocation": plan.allocation.astype(int).tolist(),
                 "bytes-sent": {str(k): v for k, v in plan.bytes_sent.items()},
@@ -234,6 +248,8 @@ def _log_record(run_dir: Path, record: dict, num_rounds: int) -> None:
             parts.append("SKIPPED (too few replies)")
     if "average" in record:
         parts.append(f"accuracy {100 * record['average']:.2f}%")
+    if "server-average" in record:
+        parts.append(f"server-side {100 * record['server-average']:.2f}%")
     log.info(" | ".join(parts))
 
 

@@ -87,7 +87,7 @@ def run_local(run_config: dict, num_nodes: int, intercept=None) -> Path:
     from server_app.app import run_federation, setup_logging
 
     setup_logging()
-    nodes = {1000 + i: {"partition-id": i} for i in range(num_nodes)}
+    nodes = {1000 + i: {"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)}
     return run_federation(InProcessGrid(client_app, nodes, run_config, intercept), run_config)
 
 

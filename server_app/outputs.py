@@ -42,6 +42,28 @@ def per_domain_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def node_labels(records: list[dict[str, Any]]) -> dict[int, str]:
+    """Return every node that took part, in first-seen order, with its latest label (domain and capacity)."""
+    labels: dict[int, str] = {}
+    for r in records:
+        for node, label in zip(r.get("node-ids", []), r.get("node-labels", [])):
+            labels[node] = label
+    return labels
+
+
+def node_table(records: list[dict[str, Any]]) -> str:
+    """Return a markdown table: one row per node (domain and capacity), rounds asked and rounds accepted."""
+    rows = node_labels(records)
+    if not rows:
+        return "(no round yet)\n"
+    lines = ["| node | rounds asked | replies accepted |", "|---|---|---|"]
+    for node, label in rows.items():
+        asked = sum(node in r.get("node-ids", []) for r in records)
+        accepted = sum(node in r.get("accepted", []) for r in records)
+        lines.append(f"| {label} | {asked} | {accepted} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_summary(run_dir: Path, config: dict[str, Any], records: list[dict[str, Any]]) -> Path:
     """Write ``summary.md``: the settings, the accuracy table and the traffic totals; return its path."""
     sent = sum(sum(r.get("bytes-sent", {}).values()) for r in records)
@@ -56,6 +78,9 @@ def write_summary(run_dir: Path, config: dict[str, Any], records: list[dict[str,
         "## Top-1 accuracy (%) of the global model per domain",
         "",
         per_domain_table(records),
+        "## Nodes",
+        "",
+        node_table(records),
         "## Traffic",
         "",
         f"sent to nodes: {sent / 1e6:.3f} MB; received from nodes: {received / 1e6:.3f} MB; rejected replies: {rejected}",
@@ -91,16 +116,17 @@ def write_plots(run_dir: Path, records: list[dict[str, Any]], num_layers: int) -
         plt.close(fig)
     trained = [r for r in records if r.get("allocation")]
     if trained:
-        partitions = sorted({p for r in trained for p in r["partitions"]})
-        fig, axes = plt.subplots(1, len(partitions), figsize=(1.2 + 1.6 * len(partitions), 4), sharey=True, squeeze=False)
-        for ax, p in zip(axes[0], partitions):
+        labels = node_labels(trained)
+        fig, axes = plt.subplots(1, len(labels), figsize=(1.2 + 1.9 * len(labels), 4), sharey=True, squeeze=False)
+        for ax, (node, label) in zip(axes[0], labels.items()):
             grid = np.full((len(trained), num_layers), np.nan)
             for i, r in enumerate(trained):
-                if p in r["partitions"]:
-                    grid[i] = r["allocation"][r["partitions"].index(p)]
+                if node in r["node-ids"]:
+                    grid[i] = r["allocation"][r["node-ids"].index(node)]
             ax.imshow(grid, aspect="auto", cmap="Greens", vmin=0, vmax=1, interpolation="nearest",
                       extent=(-0.5, num_layers - 0.5, trained[-1]["round"] + 0.5, trained[0]["round"] - 0.5))
-            ax.set(title=f"partition {p}", xlabel="block")
+            ax.set_title(label, fontsize=9)
+            ax.set(xlabel="block")
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0][0].set_ylabel("round")
         fig.suptitle("Blocks held by each node per round")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -15,7 +15,7 @@ from fedra_core import MethodSettings, aggregate_fedra, allocate, client_keys
 from fedra_core.data.partition import ClientShard, sample_round_clients
 from fedra_core.inclusivefl import Momentum, block_momentum, momentum_distill
 from fedra_core.state import State
-from server_app.validation import RejectedReply, ReplyLimits, check_reply
+from server_app.validation import RejectedReply, ReplyLimits, check_eval_reply, check_reply
 
 log = logging.getLogger("fedra")
 
@@ -27,11 +27,22 @@ def record_nbytes(record: ArrayRecord) -> int:
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """What the server knows of a node: its data partition and how many blocks it can hold."""
+    """What the server knows of a node, from its capacity query: how many blocks it can hold, its
+    domain, example counts, its test split's id (``eval_set``: shared by nodes holding the same
+    split, empty when the node's own) and, in simulation, its partition (-1 for node-local data)."""
 
     node_id: int
     partition_id: int
     capacity: int
+    domain: str = ""
+    num_train: int = 0
+    num_test: int = 0
+    eval_set: str = ""
+
+    @property
+    def label(self) -> str:
+        """The node's name in tables and plots: its domain and capacity."""
+        return f"{self.domain or f'node {self.node_id}'} ({self.capacity} blocks)"
 
 
 @dataclass
@@ -46,6 +57,27 @@ class RoundPlan:
     sent: dict[int, State] = field(default_factory=dict)
     messages: dict[int, Message] = field(default_factory=dict)
     bytes_sent: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class EvalOutcome:
+    """What the federated evaluation of a round gave: per-domain pooled counts, the nodes asked,
+    accepted and rejected (with reasons)."""
+
+    correct: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, int] = field(default_factory=dict)
+    loss_sum: dict[str, float] = field(default_factory=dict)
+    asked: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+
+    def accuracy(self) -> dict[str, float]:
+        """Top-1 accuracy per domain, the nodes of one domain pooled by examples."""
+        return {d: self.correct[d] / self.examples[d] for d in self.examples}
+
+    def average(self) -> float:
+        """Example-weighted top-1 accuracy over every evaluated node."""
+        return sum(self.correct.values()) / sum(self.examples.values())
 
 
 @dataclass
@@ -78,7 +110,6 @@ class FedRAStrategy(Strategy):
         limits: ReplyLimits = ReplyLimits(),
         sampling: str = "all",
         clients_per_round: int = 0,
-        shards: Iterable[ClientShard] = (),
         distill_weight_fn=None,
     ) -> None:
         self.method = method
@@ -90,12 +121,13 @@ class FedRAStrategy(Strategy):
         self.limits = limits
         self.sampling = sampling
         self.clients_per_round = clients_per_round
-        self.shards = list(shards)
         self.distill_weight_fn = distill_weight_fn or (lambda server_round: 0.0)
         self.nodes: dict[int, NodeInfo] = {}
         self.momentum: Momentum = {}
         self.plan: RoundPlan | None = None
         self.outcome: RoundOutcome | None = None
+        self.eval_outcome: EvalOutcome | None = None
+        self._eval_messages: dict[int, Message] = {}
 
     # --- node registry --------------------------------------------------------------------------
     def register(self, info: NodeInfo) -> None:
@@ -108,16 +140,19 @@ class FedRAStrategy(Strategy):
         """Return the generator of one round: derived from (seed, round), so a resumed run draws the same."""
         return np.random.default_rng([self.seed, server_round])
 
+    def ordered_nodes(self) -> list[NodeInfo]:
+        """Return the registered nodes in a stable order: partition (simulation), domain, node id."""
+        return sorted(self.nodes.values(), key=lambda n: (n.partition_id, n.domain, n.node_id))
+
     def participants(self, server_round: int) -> list[NodeInfo]:
-        """Return this round's nodes in partition order, after client sampling."""
-        nodes = sorted(self.nodes.values(), key=lambda n: (n.partition_id, n.node_id))
+        """Return this round's nodes in :meth:`ordered_nodes` order, after client sampling."""
+        nodes = self.ordered_nodes()
         if self.sampling == "all" or not nodes:
             return nodes
         rng = np.random.default_rng([self.seed, server_round, 1])
-        if self.sampling == "per-domain" and self.shards:
-            by_partition = {n.partition_id: n for n in nodes}
-            picked = sample_round_clients(self.shards, rng, "per-domain")
-            return [by_partition[p] for p in picked if p in by_partition]
+        if self.sampling == "per-domain":  # one node per reported domain
+            picked = sample_round_clients([ClientShard(n.domain, np.empty(0)) for n in nodes], rng, "per-domain")
+            return [nodes[i] for i in picked]
         k = min(self.clients_per_round or len(nodes), len(nodes))
         chosen = sorted(rng.choice(len(nodes), size=k, replace=False).tolist())
         return [nodes[i] for i in chosen]
@@ -211,12 +246,57 @@ class FedRAStrategy(Strategy):
         return ArrayRecord(new_state), self._metrics(outcome)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """FedRA evaluates the full global model on the server; no client evaluation round."""
-        return []
+        """Return one evaluate message with the full global state per distinct test split among the
+        registered nodes that hold one (nodes sharing a split, as partitions of one domain in
+        simulation, are asked once)."""
+        chosen: dict[str, NodeInfo] = {}
+        for node in self.ordered_nodes():
+            if node.num_test > 0:
+                chosen.setdefault(node.eval_set or f"node:{node.node_id}", node)
+        cfg = ConfigRecord({**dict(config), "server-round": server_round, "fingerprint": self.fingerprint})
+        self.eval_outcome = EvalOutcome(asked=[n.node_id for n in chosen.values()])
+        self._eval_messages = {
+            n.node_id: Message(RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=n.node_id, message_type=MessageType.EVALUATE)
+            for n in chosen.values()
+        }
+        return list(self._eval_messages.values())
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """No client evaluation: nothing to aggregate."""
-        return None
+        """Validate the evaluation replies and pool them per domain by examples; return the per-domain
+        accuracy (``accuracy/<domain>``), loss and examples and the example-weighted ``average``, or
+        None when no reply was accepted."""
+        assert self.eval_outcome is not None, "configure_evaluate must run first"
+        outcome = self.eval_outcome
+        node_of = {m.metadata.message_id: nid for nid, m in self._eval_messages.items() if m.metadata.message_id}
+        for reply in replies:
+            node_id = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if node_id not in outcome.asked or node_id in outcome.accepted:
+                log.warning("round %d: ignoring an evaluation reply from node %d, which was not asked", server_round, node_id)
+                continue
+            try:
+                metrics = check_eval_reply(reply, self.limits)
+            except RejectedReply as exc:
+                outcome.rejected[node_id] = str(exc)
+                log.warning("round %d: rejected evaluation reply of node %d: %s", server_round, node_id, exc)
+                continue
+            domain = self.nodes[node_id].domain if node_id in self.nodes else f"node {node_id}"
+            n = int(metrics["num-examples"])
+            outcome.correct[domain] = outcome.correct.get(domain, 0) + int(metrics["correct"])
+            outcome.examples[domain] = outcome.examples.get(domain, 0) + n
+            outcome.loss_sum[domain] = outcome.loss_sum.get(domain, 0.0) + float(metrics["loss"]) * n
+            outcome.accepted.append(node_id)
+        for node_id in outcome.asked:
+            if node_id not in outcome.accepted and node_id not in outcome.rejected:
+                outcome.rejected[node_id] = "no evaluation reply (node failed or timed out)"
+                log.warning("round %d: node %d did not answer the evaluation", server_round, node_id)
+        if not outcome.accepted:
+            return None
+        record = {"average": outcome.average(), "examples": sum(outcome.examples.values())}
+        for domain, acc in outcome.accuracy().items():
+            record[f"accuracy/{domain}"] = acc
+            record[f"loss/{domain}"] = outcome.loss_sum[domain] / outcome.examples[domain]
+            record[f"examples/{domain}"] = outcome.examples[domain]
+        return MetricRecord(record)
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -232,7 +312,7 @@ class FedRAStrategy(Strategy):
         if node is None or cap is None or int(cap) == node.capacity:
             return
         try:
-            self.register(NodeInfo(node_id, node.partition_id, int(cap)))
+            self.register(replace(node, capacity=int(cap)))
             log.info("node %d now reports capacity %d (used from the next round)", node_id, int(cap))
         except ValueError as exc:
             log.warning("%s; keeping capacity %d", exc, node.capacity)

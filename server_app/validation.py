@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -70,3 +71,32 @@ def check_reply(reply: Message, sent: Mapping[str, torch.Tensor], limits: ReplyL
 
 def _more(keys: list[str]) -> str:
     return f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+
+
+def check_eval_reply(reply: Message, limits: ReplyLimits) -> dict[str, float]:
+    """Validate an evaluation reply; return its metrics (accuracy, loss, num-examples, correct).
+
+    Raises RejectedReply when the node reported an error, a count is missing or not an integer in
+    range, accuracy lies outside [0, 1] or disagrees with correct / num-examples, or a value is NaN.
+    """
+    if reply.has_error():
+        raise RejectedReply(f"the node reported an error: {reply.error.reason}")
+    if "metrics" not in reply.content:
+        raise RejectedReply("reply lacks its 'metrics' record")
+    metrics = dict(reply.content["metrics"])
+    for key in ("accuracy", "loss", "num-examples", "correct"):
+        if key not in metrics:
+            raise RejectedReply(f"evaluation reply lacks {key!r}")
+    n, correct = metrics["num-examples"], metrics["correct"]
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= limits.max_examples:
+        raise RejectedReply(f"num-examples {n!r} is not an integer in 1..{limits.max_examples}")
+    if not isinstance(correct, int) or isinstance(correct, bool) or not 0 <= correct <= n:
+        raise RejectedReply(f"correct {correct!r} is not an integer in 0..{n}")
+    accuracy, loss = float(metrics["accuracy"]), float(metrics["loss"])
+    if not 0.0 <= accuracy <= 1.0:  # also false for NaN
+        raise RejectedReply(f"accuracy {accuracy!r} lies outside [0, 1]")
+    if abs(accuracy - correct / n) > 1e-9:
+        raise RejectedReply(f"accuracy {accuracy!r} disagrees with correct / num-examples = {correct}/{n}")
+    if not math.isfinite(loss) or loss < 0:
+        raise RejectedReply(f"loss {loss!r} is not a finite number >= 0")
+    return metrics

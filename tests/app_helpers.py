@@ -43,3 +43,23 @@ def allocation_rows(message_blocks: list[list[int]], num_layers: int = 12) -> np
     for i, blocks in enumerate(message_blocks):
         alloc[i, blocks] = True
     return alloc
+
+
+def write_imagefolder(root, domain: str, max_train: int = 0, max_test: int = 0, seed: int = 0):
+    """Write one digits-benchmark domain as PNG files in the imagefolder layout root/{train,test}/<digit>/;
+    return ``root``. ``max_*`` keep the first that many images of a split (0: all)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from fedra_core.data.digits import raw_domain
+
+    root = Path(root)
+    for split, limit in (("train", max_train), ("test", max_test)):
+        images, labels = raw_domain(domain, split, seed)
+        n = limit or len(labels)
+        for i in range(n):
+            folder = root / split / str(int(labels[i]))
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"{i:05d}.png")
+    return root

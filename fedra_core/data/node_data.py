@@ -1,0 +1,260 @@
+"""A node's own data: the training and test split a node holds, named by its node-config.
+
+Formats (node-config ``data-format``):
+
+* ``imagefolder``: ``data-root/train/<class>/*.png|jpg|...`` and optionally ``data-root/test/<class>/...``.
+  Labels come from the run's ``class-names``, else from ``data-root/classes.txt`` (one class name per
+  line, in label order), else from the sorted class folder names (then every node must hold every class).
+  Images are decoded once into a cache file (``$FEDRA_CACHE/node-data``), re-decoded when a file changes.
+* ``domainnet`` / ``nicopp``: one domain of the official layout (``data-root`` + ``domain``).
+* ``digits``: one domain of the offline digits benchmark (``domain``), for the demo.
+* ``partition``: client ``partition-id`` of the run's partitioned dataset (simulation and benchmarks).
+
+Nothing here opens another node's files or another domain's split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from fedra_core.data.federation import DataSpec, client_train_data, domain_split
+
+DATA_FORMATS: tuple[str, ...] = ("imagefolder", "domainnet", "nicopp", "digits", "partition")
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+_CACHE_VERSION = 1
+_MEAN, _STD = 0.5, 0.5  # the backbones' own statistics, as for the paper datasets
+
+
+class NodeDataError(ValueError):
+    """A node's data cannot be used; the message is one line naming the node-config key and value."""
+
+
+@dataclass(frozen=True)
+class NodeDataSpec:
+    """Which data a node holds (its node-config): format, folder, domain, partition id."""
+
+    data_format: str
+    root: str = ""
+    domain: str = ""
+    partition_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.data_format not in DATA_FORMATS:
+            raise NodeDataError(f"node-config 'data-format' = {self.data_format!r}: allowed {list(DATA_FORMATS)}")
+        if self.data_format == "partition" and self.partition_id is None:
+            raise NodeDataError("node-config lacks 'partition-id': data-format 'partition' needs the node's partition")
+        if self.data_format in ("imagefolder", "domainnet", "nicopp") and not self.root:
+            raise NodeDataError(f"node-config lacks 'data-root': data-format {self.data_format!r} needs the node's data folder")
+        if self.data_format in ("domainnet", "nicopp", "digits") and not self.domain:
+            raise NodeDataError(f"node-config lacks 'domain': data-format {self.data_format!r} needs the node's domain")
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """A node's splits: ``domain`` (its name in the tables), ``train``, ``test`` (may be empty) and
+    ``eval_set``: an id shared by nodes that hold the very same test split (they evaluate once), or
+    ``""`` when the split is the node's own."""
+
+    domain: str
+    train: Dataset
+    test: Dataset
+    eval_set: str
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """The run's label space: ``num_classes`` and optional ``class_names`` (label i = class_names[i])."""
+
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+
+
+def load_node_data(
+    spec: NodeDataSpec, run: DataSpec, labels: LabelSpace, img_size: int, max_test: int = 0
+) -> NodeData:
+    """Load the node's training and test split.
+
+    ``run`` is the run's dataset settings (used by ``partition``, and the seed by ``digits``);
+    ``labels`` the run's label space; ``img_size`` the backbone's input size (``imagefolder``);
+    ``max_test`` keeps the first that many test images when positive. Raises NodeDataError naming
+    the node-config key, the value and what is expected.
+    """
+    if spec.data_format == "partition":
+        try:
+            domain, train = client_train_data(run, int(spec.partition_id))
+        except ValueError as exc:
+            raise NodeDataError(f"node-config 'partition-id' = {spec.partition_id}: {exc}") from None
+        data = NodeData(domain, train, domain_split(run, domain, "test"), f"{run.dataset}:{domain}")
+    elif spec.data_format == "imagefolder":
+        data = _imagefolder(Path(spec.root).expanduser(), spec.domain, labels, img_size)
+    else:
+        key, value = ("domain", spec.domain) if spec.data_format == "digits" else ("data-root", spec.root)
+        one = DataSpec(dataset=spec.data_format, root=spec.root, num_classes=labels.num_classes, img_size=run.img_size, seed=run.seed)
+        try:
+            train, test = domain_split(one, spec.domain, "train"), domain_split(one, spec.domain, "test")
+        except (ValueError, OSError) as exc:
+            raise NodeDataError(f"node-config {key!r} = {value!r}: {exc}") from None
+        data = NodeData(spec.domain, train, test, f"{spec.data_format}:{spec.domain}:{run.seed}")
+    _check_labels(data, spec, labels.num_classes)
+    if max_test and len(data.test) > max_test:
+        data = NodeData(data.domain, data.train, Subset(data.test, range(max_test)), data.eval_set)
+    return data
+
+
+def _check_labels(data: NodeData, spec: NodeDataSpec, num_classes: int) -> None:
+    key, value = ("partition-id", spec.partition_id) if spec.data_format == "partition" else ("data-root", spec.root or spec.domain)
+    if len(data.train) == 0:
+        raise NodeDataError(f"node-config {key!r} = {value!r}: no training example (a node needs at least one)")
+    for split, ds in (("train", data.train), ("test", data.test)):
+        targets = _targets(ds)
+        if len(targets) and not (0 <= int(targets.min()) and int(targets.max()) < num_classes):
+            bad = int(targets.max()) if int(targets.max()) >= num_classes else int(targets.min())
+            raise NodeDataError(
+                f"node-config {key!r} = {value!r}: {split} label {bad} lies outside the run's label space 0..{num_classes - 1} "
+                "(config key 'num-classes')"
+            )
+
+
+def _targets(ds: Dataset) -> np.ndarray:
+    if isinstance(ds, Subset):
+        return _targets(ds.dataset)[np.asarray(ds.indices, dtype=np.int64)]
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1].numpy()
+    if isinstance(ds, ImageTensorDataset):
+        return ds.labels.numpy()
+    return np.asarray(getattr(ds, "targets"))
+
+
+# ----------------------------------------------------------------------------------------------
+# imagefolder
+
+
+class ImageTensorDataset(Dataset):
+    """Decoded uint8 images (N, 3, H, W) with int64 labels; ``train`` draws a random resized crop of
+    ``size`` (scale 0.75-1, the mild crop of the paper datasets; no flip, which would change digits or
+    laterality), the test split is stored at ``size`` already. Returns normalised float images."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int, train: bool) -> None:
+        self.images, self.labels, self.size, self.train = images, labels.long(), size, train
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchvision.transforms import v2
+
+        image = self.images[index]
+        if self.train:
+            image = v2.RandomResizedCrop(self.size, scale=(0.75, 1.0), antialias=True)(image)
+        return (image.float() / 255.0 - _MEAN) / _STD, self.labels[index]
+
+
+def _imagefolder(root: Path, domain: str, labels: LabelSpace, size: int) -> NodeData:
+    where = f"node-config 'data-root' = '{root}'"
+    if not root.is_dir():
+        raise NodeDataError(f"{where}: no such folder (expected a folder holding train/<class>/ and test/<class>/)")
+    if not (root / "train").is_dir():
+        raise NodeDataError(f"{where}: no train/ folder (expected {root}/train/<class>/*.png and {root}/test/<class>/...)")
+    train = imagefolder_split(root, "train", labels, size, where)
+    if len(train) == 0:
+        raise NodeDataError(f"{where}: train/ holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}) in a class folder")
+    return NodeData(domain or root.name, train, imagefolder_split(root, "test", labels, size, where), "")
+
+
+def imagefolder_split(root: Path, split: str, labels: LabelSpace, size: int, where: str = "") -> ImageTensorDataset:
+    """Return ``root/split/<class>/*`` decoded (once, then from the cache) as an :class:`ImageTensorDataset`.
+
+    The test split is stored at ``size``, the training split a little larger for its random crops. A
+    missing split folder gives an empty dataset. Raises NodeDataError (prefixed by ``where``) for a
+    class outside the label space or an unreadable image.
+    """
+    where = where or f"'{root}'"
+    names = _class_names(root, labels, where)
+    files = _list_images(root / split, names, where)
+    stored = size if split == "test" else round(size * 256 / 224)
+    listing = [(str(p.relative_to(root)), y, st) for p, y, st in files]
+    key = hashlib.sha256(json.dumps([_CACHE_VERSION, size, stored, names, listing]).encode()).hexdigest()[:32]
+    from fedra_core.backbones import cache_dir
+
+    cache = cache_dir() / "node-data" / f"{key}.safetensors"
+    if cache.is_file():
+        tensors = load_file(str(cache))
+    else:
+        load = round(size * 256 / 224)
+        tensors = {
+            "x": _decode([p for p, _, _ in files], load, stored, where, root),
+            "y": torch.tensor([y for _, y, _ in files], dtype=torch.int64),
+        }
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, cache)
+    return ImageTensorDataset(tensors["x"], tensors["y"], size, train=split == "train")
+
+
+def _class_names(root: Path, labels: LabelSpace, where: str) -> list[str]:
+    """Label order: the run's class-names, else classes.txt, else the sorted class folders."""
+    if labels.class_names:
+        names = list(labels.class_names)
+    elif (root / "classes.txt").is_file():
+        names = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
+    else:
+        names = sorted({p.name for s in ("train", "test") if (root / s).is_dir() for p in (root / s).iterdir() if p.is_dir()})
+        if len(names) != labels.num_classes:
+            raise NodeDataError(
+                f"{where}: {len(names)} class folders {names[:5]} but the run has num-classes = {labels.num_classes}; "
+                "give the run's 'class-names' or a classes.txt so that every node maps classes to the same labels"
+            )
+    if len(names) > labels.num_classes:
+        raise NodeDataError(f"{where}: {len(names)} class names but the run has num-classes = {labels.num_classes}")
+    return names
+
+
+def _list_images(folder: Path, names: Sequence[str], where: str) -> list[tuple[Path, int, list[int]]]:
+    """Return (path, label, [size, mtime_ns]) of every image under folder/<class>/, sorted."""
+    if not folder.is_dir():
+        return []
+    label_of = {n: i for i, n in enumerate(names)}
+    out = []
+    try:
+        class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
+        for class_dir in class_dirs:
+            if class_dir.name not in label_of:
+                raise NodeDataError(
+                    f"{where}: class folder '{folder.name}/{class_dir.name}' is not in the run's label space {list(names)[:10]}"
+                )
+            for path in sorted(class_dir.iterdir()):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    st = path.stat()
+                    out.append((path, label_of[class_dir.name], [st.st_size, st.st_mtime_ns]))
+    except PermissionError as exc:
+        raise NodeDataError(f"{where}: cannot read {exc.filename}: permission denied") from None
+    return out
+
+
+def _decode(paths: Sequence[Path], load: int, out: int, where: str, root: Path) -> torch.Tensor:
+    """Decode images as RGB, resize the shorter side to ``load``, centre-crop ``out``; uint8 (N,3,out,out)."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    images = torch.empty((len(paths), 3, out, out), dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as im:
+                rgb = im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise NodeDataError(f"{where}: cannot read image {path.relative_to(root)} ({exc.__class__.__name__})") from None
+        x = resize(pil_to_tensor(rgb), [load], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        images[i] = center_crop(x, [out])
+    return images

@@ -1,0 +1,88 @@
+"""Evaluation of the full global model by a node that can hold only some of its blocks.
+
+The blocks are run in consecutive groups of at most the node's capacity: each group's sub-model is
+built from the local backbone file, carries the global state of its blocks, runs a chunk of test
+batches and is freed before the next group is read. Without gradients, the peak is one group of
+blocks plus the chunk's activations, below the training peak at the same capacity
+(``bench.client_memory`` prints both). The operations and batches are the ones of the plain
+forward pass, so the result equals the full model's to the last digit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import islice
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fedra_core.backbones import Backbone
+from fedra_core.lora import LoraSettings, load_trainable_state, trainable_state
+from fedra_core.methods import MethodSettings, build_trainable_model
+from fedra_core.submodel import embed_tokens
+from fedra_core.training import EvalResult, autocast, evaluate
+
+CHUNK_BATCHES = 8  # test batches that go through one group before the next group is read
+
+
+def block_groups(num_layers: int, capacity: int) -> list[list[int]]:
+    """Return the blocks 0..num_layers-1 cut into consecutive groups of at most ``capacity``."""
+    if capacity < 1:
+        raise ValueError(f"capacity {capacity}: must be at least 1")
+    return [list(range(i, min(i + capacity, num_layers))) for i in range(0, num_layers, capacity)]
+
+
+def model_with_state(
+    backbone: Backbone, blocks: Sequence[int], state: Mapping[str, torch.Tensor], lora: LoraSettings,
+    method: MethodSettings, device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Build the sub-model of ``blocks`` and load its part of the global trainable ``state``; return it."""
+    model = build_trainable_model(backbone, blocks, lora, method, str(device))
+    keys = list(trainable_state(model))
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"global state lacks {missing[:3]} for blocks {list(blocks)}")
+    load_trainable_state(model, {k: state[k] for k in keys})
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate_global_model(
+    backbone: Backbone,
+    state: Mapping[str, torch.Tensor],
+    lora: LoraSettings,
+    method: MethodSettings,
+    dataset: Dataset,
+    capacity: int,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+) -> EvalResult:
+    """Return accuracy, mean loss, example and correct counts of the full global model on ``dataset``,
+    holding at most ``capacity`` blocks at a time."""
+    device = torch.device(device)
+    groups = block_groups(backbone.num_layers, capacity)
+    if len(groups) == 1:
+        return evaluate(model_with_state(backbone, groups[0], state, lora, method, device), dataset, batch_size, device, bf16)
+    correct, total, loss_sum = 0, 0, 0.0
+    batches = iter(DataLoader(dataset, batch_size=batch_size, shuffle=False))
+    while chunk := list(islice(batches, CHUNK_BATCHES)):
+        hidden = [images.to(device) for images, _ in chunk]
+        for g, blocks in enumerate(groups):
+            model = model_with_state(backbone, blocks, state, lora, method, device)
+            with autocast(device, bf16):
+                for i, h in enumerate(hidden):
+                    if g == 0:
+                        h = embed_tokens(model, h)
+                    h = model.blocks(h)
+                    if g == len(groups) - 1:
+                        h = model.forward_head(model.norm(h)).float()
+                    hidden[i] = h
+            del model
+        for logits, (_, labels) in zip(hidden, chunk):
+            labels = labels.to(device)
+            loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            total += len(labels)
+    return EvalResult(accuracy=correct / max(total, 1), loss=loss_sum / max(total, 1), num_examples=total, correct=correct)

@@ -1,0 +1,183 @@
+"""Federated evaluation: a node evaluates the full global model holding at most its capacity of blocks,
+the strategy pools the replies per domain, bad replies are rejected, and the figures equal the
+server-side evaluation of the same model on the same images."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from safetensors.torch import load_file
+from torch.utils.data import TensorDataset
+
+from app_helpers import TINY_RUN, write_imagefolder
+from client_app.app import app as client_app
+from conftest import TINY_VIT
+from fedra_core import LoraSettings, MethodSettings, build_trainable_model, trainable_state
+from fedra_core.evaluation import block_groups, evaluate_global_model
+from server_app.local import InProcessGrid
+from server_app.app import run_federation
+from server_app.strategy import FedRAStrategy, NodeInfo
+from server_app.validation import RejectedReply, ReplyLimits, check_eval_reply
+
+
+def test_block_groups_cut_the_depth_into_consecutive_groups():
+    assert block_groups(12, 5) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    assert block_groups(12, 12) == [list(range(12))]
+    assert block_groups(3, 1) == [[0], [1], [2]]
+
+
+def _global_state(backbone, method=MethodSettings()):
+    torch.manual_seed(1)
+    model = build_trainable_model(backbone, range(backbone.num_layers), LoraSettings(), method)
+    state = {k: v.clone() for k, v in trainable_state(model).items()}
+    for k in state:  # LoRA B starts at zero: give every adapter an effect
+        state[k] = state[k] + 0.05 * torch.randn_like(state[k])
+    return state
+
+
+def _reference_logits(backbone, state, images):
+    """Plain timm: the full model with the frozen weights, LoRA merged by hand (W + s B A) and the state's head."""
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, **TINY_VIT).eval()
+    weights = load_file(str(backbone.path))
+    merged = {k: v.clone() for k, v in weights.items()}
+    scale = LoraSettings().alpha / LoraSettings().rank
+    for key in state:
+        if key.endswith("lora_A.weight"):
+            base = key.replace(".lora_A.weight", ".weight")
+            merged[base] = merged[base] + scale * state[key.replace("lora_A", "lora_B")] @ state[key]
+        elif "lora_" not in key:
+            merged[key] = state[key]
+    model.load_state_dict(merged, strict=True)
+    with torch.no_grad():
+        return model(images)
+
+
+@pytest.mark.parametrize("capacity", [1, 5, 12])
+def test_streamed_evaluation_equals_the_plain_full_model(tiny_vit, capacity):
+    state = _global_state(tiny_vit)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(70, 3, 28, 28, generator=gen)
+    labels = torch.randint(0, 10, (70,), generator=gen)
+    logits = _reference_logits(tiny_vit, state, images)
+    correct = int((logits.argmax(1) == labels).sum())
+    loss = float(torch.nn.functional.cross_entropy(logits, labels))
+    # batch 16 -> chunks of 8 batches: the 70 images take two chunks, each group is read twice
+    got = evaluate_global_model(tiny_vit, state, LoraSettings(), MethodSettings(), TensorDataset(images, labels), capacity, 16)
+    assert got.num_examples == 70 and got.correct == correct and got.accuracy == correct / 70
+    assert math.isclose(got.loss, loss, rel_tol=1e-5)
+    full = evaluate_global_model(tiny_vit, state, LoraSettings(), MethodSettings(), TensorDataset(images, labels), 12, 16)
+    assert (got.correct, got.loss) == (full.correct, full.loss)  # to the last digit
+
+
+def test_streamed_evaluation_of_depthfl_uses_the_final_head(tiny_vit):
+    method = MethodSettings("depthfl")
+    state = _global_state(tiny_vit, method)
+    data = TensorDataset(torch.randn(20, 3, 28, 28), torch.randint(0, 10, (20,)))
+    a = evaluate_global_model(tiny_vit, state, LoraSettings(), method, data, 4, 8)
+    b = evaluate_global_model(tiny_vit, state, LoraSettings(), method, data, 12, 8)
+    assert (a.correct, a.loss) == (b.correct, b.loss)
+
+
+def _eval_reply(**metrics) -> Message:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    asked = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=7, message_type="evaluate")
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=asked)
+
+
+GOOD = {"accuracy": 0.25, "loss": 1.5, "num-examples": 8, "correct": 2}
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"num-examples": None}, "lacks 'num-examples'"),
+        ({"correct": None}, "lacks 'correct'"),
+        ({"num-examples": 0}, "num-examples 0"),
+        ({"accuracy": 1.5}, "accuracy 1.5 lies outside"),
+        ({"accuracy": float("nan")}, "accuracy nan lies outside"),
+        ({"accuracy": 0.5}, "disagrees with correct / num-examples = 2/8"),
+        ({"correct": 9}, "correct 9 is not an integer in 0..8"),
+        ({"loss": float("nan")}, "loss nan"),
+    ],
+)
+def test_bad_evaluation_replies_are_rejected(change, reason):
+    metrics = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
+    with pytest.raises(RejectedReply, match=reason):
+        check_eval_reply(_eval_reply(**metrics), ReplyLimits())
+    assert check_eval_reply(_eval_reply(**GOOD), ReplyLimits())["correct"] == 2
+
+
+def test_strategy_asks_each_test_split_once_and_pools_a_domain_by_examples():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    strategy = FedRAStrategy(MethodSettings(), num_layers=12, fingerprint="f")
+    strategy.register(NodeInfo(1, -1, 12, "clinic", 500, 100, ""))
+    strategy.register(NodeInfo(2, -1, 3, "clinic", 200, 50, ""))
+    strategy.register(NodeInfo(3, 4, 6, "usps", 300, 50, "digits:usps"))
+    strategy.register(NodeInfo(4, 5, 6, "usps", 300, 50, "digits:usps"))  # same split as node 3
+    strategy.register(NodeInfo(5, -1, 6, "lab", 300, 0, ""))  # no test split
+    messages = list(strategy.configure_evaluate(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), None))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3]
+    counts = {1: (30, 100, 1.0), 2: (10, 50, 2.0), 3: (45, 50, 0.5)}
+    replies = []
+    for m in messages:
+        correct, n, loss = counts[m.metadata.dst_node_id]
+        rec = RecordDict({"metrics": MetricRecord({"accuracy": correct / n, "loss": loss, "num-examples": n, "correct": correct})})
+        reply = Message(rec, reply_to=m)
+        reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
+        replies.append(reply)
+    metrics = strategy.aggregate_evaluate(1, replies)
+    assert metrics["accuracy/clinic"] == 40 / 150 and metrics["accuracy/usps"] == 45 / 50
+    assert metrics["average"] == 85 / 200
+    assert math.isclose(metrics["loss/clinic"], (1.0 * 100 + 2.0 * 50) / 150)
+    assert metrics["examples/clinic"] == 150
+
+
+def _run(tmp_path: Path, nodes: dict, intercept=None, **overrides) -> Path:
+    run_config = {**TINY_RUN, "output-dir": str(tmp_path), "run-name": "run", **overrides}
+    return run_federation(InProcessGrid(client_app, nodes, run_config, intercept), run_config)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_federated_and_server_side_evaluation_agree_to_the_last_digit(tmp_path):
+    nodes = {101: {"partition-id": 0}, 102: {"partition-id": 1}, 103: {"partition-id": 2}}
+    records = _records(_run(tmp_path, nodes, **{"server-eval-format": "dataset", "num-server-rounds": 2}))
+    assert [r["round"] for r in records] == [0, 1, 2]
+    for r in records:
+        assert r["accuracy"] == r["server-accuracy"]  # per domain, exactly
+        assert r["average"] == pytest.approx(r["server-average"], abs=1e-12)
+        assert r["examples"] == {"mnist": 100, "printed": 100, "usps": 100}
+        assert sorted(r["eval-nodes"]) == [101, 102, 103] and r["eval-rejected"] == {}
+
+
+def test_nodes_with_only_their_own_imagefolder_train_and_evaluate_and_a_bad_eval_reply_is_dropped(tmp_path):
+    nodes = {}
+    for nid, (domain, cap) in zip((201, 202, 203), (("mnist", 12), ("printed", 6), ("usps", 3))):
+        root = write_imagefolder(tmp_path / "data" / domain, domain, max_train=64, max_test=40)
+        nodes[nid] = {"data-format": "imagefolder", "data-root": str(root), "capacity-layers": cap}
+
+    def cheat(node_id, message, reply):
+        if node_id == 203 and message.metadata.message_type == "evaluate" and not reply.has_error():
+            metrics = MetricRecord({**dict(reply.content["metrics"]), "accuracy": 2.0})
+            return Message(RecordDict({"metrics": metrics}), reply_to=message)
+        return reply
+
+    records = _records(_run(tmp_path / "runs", nodes, cheat, **{"num-server-rounds": 2}))
+    for r in records:
+        assert set(r["accuracy"]) == {"mnist", "printed"}  # usps' reply was rejected, the run went on
+        assert r["examples"] == {"mnist": 40, "printed": 40}
+        assert "accuracy 2.0 lies outside" in r["eval-rejected"]["203"]
+    trained = [r for r in records if r["round"] > 0]
+    assert all(sorted(r["accepted"]) == [201, 202, 203] for r in trained)
+    assert trained[0]["node-labels"] == ["mnist (12 blocks)", "printed (6 blocks)", "usps (3 blocks)"]
+    assert np.array(trained[0]["allocation"]).sum(axis=1).tolist() == [12, 6, 3]
