@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fedra-installed
 export FEDRA_CACHE ?= $(CURDIR)/.cache/fedra
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: venv demo test test-fast backbone data clean bench bench-accuracy bench-wire bench-memory bench-aggregation bench-overhead
+.PHONY: venv demo test test-fast backbone data clean bench bench-accuracy bench-wire bench-memory bench-aggregation bench-overhead bench-deployed
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-aggregation: venv
 
 bench-overhead: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.framework_overhead
+
+bench-deployed: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.deployed_rounds
 
 clean:
 	rm -rf $(VENV) .cache runs .flwr_home

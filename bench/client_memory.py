@@ -6,7 +6,10 @@ safetensors file, then starts one fresh Python process per measurement:
 * ``baseline``: imports torch, timm, peft and fedra_core and does nothing else;
 * ``k`` blocks: builds the sub-model of k randomly drawn blocks with ``build_trainable_model``
   (which reads only those blocks' tensors from the file) and runs one ``train_local`` step on a
-  random batch at 224x224.
+  random batch at 224x224;
+* ``evaluate`` at capacity k: evaluates the FULL global model (all 12 blocks' LoRA and the head,
+  a state file written by the parent) on two batches with ``evaluate_global_model``, which holds at
+  most k blocks at a time (what a node does when it answers an evaluation message).
 
 Each child reports its own memory from ``/proc/self/status``: the peak resident set (VmHWM) of
 each phase (imports, backbone, build, training step; the peak is reset between phases by writing 5
@@ -78,7 +81,26 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     phases["imports"] = _status()
     result: dict[str, Any] = {"mode": args.child, "k": args.k}
-    if args.child != "baseline":
+    if args.child == "evaluate":
+        from safetensors.torch import load_file
+
+        from fedra_core.evaluation import evaluate_global_model
+
+        spec = BackboneSpec(name=MODEL, weights=args.weights, num_classes=args.num_classes)
+        backbone = Backbone(spec=spec, path=Path(args.weights), fingerprint=args.fingerprint, family="vit",
+                            num_layers=12, embed_dim=768)
+        state = load_file(args.state)
+        g = torch.Generator().manual_seed(0)
+        data = torch.utils.data.TensorDataset(
+            torch.randn(2 * args.batch_size, 3, 224, 224, generator=g),
+            torch.randint(0, args.num_classes, (2 * args.batch_size,), generator=g),
+        )
+        if not _reset_peak():
+            raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs); per-phase peaks need it")
+        start = time.perf_counter()
+        evaluate_global_model(backbone, state, LoraSettings(rank=8), MethodSettings(name="fedra"), data, args.k, args.batch_size)
+        phases["evaluate"] = {**_status(), "seconds": time.perf_counter() - start}
+    elif args.child != "baseline":
         spec = BackboneSpec(name=MODEL, weights=args.weights, num_classes=args.num_classes)
         if not _reset_peak():
             raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs); per-phase peaks need it")
@@ -137,6 +159,18 @@ def frozen_bytes(num_classes: int) -> tuple[int, int]:
     return blocks, other
 
 
+def save_global_state(backbone, path: Path) -> None:
+    """Write the trainable state of the full model (every block's LoRA with a non-zero B, the head) to ``path``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fedra_core import LoraSettings, MethodSettings, build_trainable_model, trainable_state
+
+    torch.manual_seed(0)
+    model = build_trainable_model(backbone, range(12), LoraSettings(rank=8), MethodSettings(name="fedra"))
+    save_file({k: (v + 0.01 * torch.randn_like(v)).contiguous() for k, v in trainable_state(model).items()}, str(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code."""
     parser = argparse.ArgumentParser(description="Peak RSS of a fresh client process holding k of the 12 blocks of ViT-B/16 during one training step.")
@@ -149,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=BENCH_CACHE, help="FEDRA_CACHE if unset")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/client_memory.json)")
     # internal: the child process
-    parser.add_argument("--child", choices=["baseline", "submodel", "client-path"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["baseline", "submodel", "client-path", "evaluate"], help=argparse.SUPPRESS)
+    parser.add_argument("--state", default="", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--weights", default="", help=argparse.SUPPRESS)
     parser.add_argument("--fingerprint", default="", help=argparse.SUPPRESS)
@@ -192,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
                          "ideal": baseline + other_bytes + k / 12 * block_bytes})
         print(f"  measured {mode} k={k}: peak {measured[-1]['peak'] / MIB:.0f} MiB", file=sys.stderr, flush=True)
     ref = next((m["peak"] for m in measured if m["mode"] == "submodel" and m["k"] == 12), None)
+    state_file = Path(backbone.path).with_name(f"global-state-{MODEL}-c{args.num_classes}.safetensors")
+    if not state_file.is_file():
+        save_global_state(backbone, state_file)
+    evaluations = []
+    for k in ks:
+        runs = [run_child(["--child", "evaluate", "--k", str(k), "--state", str(state_file), *common], env) for _ in range(args.repeats)]
+        evaluations.append({"k": k, "runs": runs, "peak": med(runs, lambda r: r["peak"]),
+                            "seconds": med(runs, lambda r: r["phases"]["evaluate"]["seconds"])})
+        print(f"  measured evaluate k={k}: peak {evaluations[-1]['peak'] / MIB:.0f} MiB", file=sys.stderr, flush=True)
     for m in measured:
         m["step_file_growth"] = med(m["runs"], lambda x: x["phases"]["train_step"]["RssFile"] - x["phases"]["build"]["RssFile"])
         m["step_anon_growth"] = med(m["runs"], lambda x: x["phases"]["train_step"]["RssAnon"] - x["phases"]["build"]["RssAnon"])
@@ -216,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} torch threads; block weights {block_bytes / MIB:.1f} MiB (12 blocks), embedding+norm+head "
           f"{other_bytes / MIB:.1f} MiB:")
     print(format_table(headers, rows))
+    train_peak = {m["k"]: m["peak"] for m in measured if m["mode"] == "submodel"}
+    print(f"\nEvaluation of the full 12-block global model by a node of capacity k ({2 * args.batch_size} images, "
+          f"batch {args.batch_size}), next to the training peak at the same k:")
+    print(format_table(["k", "evaluation peak MiB", "training peak MiB", "evaluation / training", "evaluation s"], [
+        [e["k"], f"{e['peak'] / MIB:.0f}", f"{train_peak[e['k']] / MIB:.0f}", f"{e['peak'] / train_peak[e['k']]:.2f}", f"{e['seconds']:.1f}"]
+        for e in evaluations]))
     print("peak = VmHWM of the child (largest of its phase peaks); ideal = baseline + embedding/norm/head + "
           "k/12 x block weights (weights only: activations and autograd buffers are not in it). "
           "File-backed growth = frozen weights paged in from the safetensors mmap; anonymous growth = activations, "
@@ -224,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**host, "load_avg_at_end": load_avg()}, "command": " ".join(["python -m bench.client_memory", *argv]),
         "model": MODEL, "batch_size": args.batch_size, "threads": args.threads, "num_classes": args.num_classes,
         "block_weight_bytes": block_bytes, "other_weight_bytes": other_bytes, "baseline_peak": baseline,
-        "baseline_runs": base_runs, "measured": measured,
+        "baseline_runs": base_runs, "measured": measured, "evaluations": evaluations,
     }, args.out)
     print(f"\nwrote {path}")
     return 0

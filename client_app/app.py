@@ -1,18 +1,32 @@
 """The FedRA ClientApp: answers capacity queries, trains the sub-model of the blocks it is sent and
-evaluates the full global model on the node's own test split."""
+evaluates the full global model on the node's own test split.
+
+Every reply carries where the node's time went (``t-*`` metrics): process start-up and this module's
+imports on the first message of a process, then backbone, data, training or evaluation.
+"""
 
 from __future__ import annotations
 
 import time
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+_MODULE_START = time.time()  # before the imports below: what this app costs to import
 
-from client_app.node import NodeRuntime
-from fedra_core import build_trainable_model, load_trainable_state, train_local, trainable_state
-from fedra_core.evaluation import evaluate_global_model
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+
+from client_app.node import NodeRuntime  # noqa: E402
+from client_app.timing import Stopwatch, process_start  # noqa: E402
+
+_STARTUP = {"startup": _MODULE_START - process_start(), "imports": time.time() - _MODULE_START}
 
 app = ClientApp()
+
+
+def _stopwatch() -> Stopwatch:
+    """A stopwatch for one message; the first message of a process also carries start-up and imports."""
+    startup = dict(_STARTUP)
+    _STARTUP.clear()
+    return Stopwatch(startup)
 
 
 @app.query()
@@ -39,19 +53,23 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Build the sub-model of the received blocks from the local backbone, load the received LoRA
     state, train it and reply with the trained state, example count, loss and current capacity."""
-    start = time.perf_counter()
+    from fedra_core import build_trainable_model, load_trainable_state, train_local, trainable_state
+
+    clock = _stopwatch()
     node = NodeRuntime.from_context(context)
     config = msg.content["config"]
     node.check_fingerprint(str(config["fingerprint"]))
+    clock.lap("backbone")
+    train_data = node.data.train
+    clock.lap("data")
     blocks = [int(b) for b in config["blocks"]]
     model = build_trainable_model(node.backbone, blocks, node.cfg.lora(), node.cfg.method_settings(), str(node.device))
     load_trainable_state(model, msg.content["arrays"].to_torch_state_dict())
     server_round = int(config["server-round"])
     seed = (int(config["seed"]) * 1_000_003 + server_round * 10_007 + node.seed_offset) % 2**63
-    result = train_local(
-        model, node.data.train, node.cfg.train_settings(float(config["distill-weight"])), node.device, seed=seed
-    )
+    result = train_local(model, train_data, node.cfg.train_settings(float(config["distill-weight"])), node.device, seed=seed)
     state = {k: v.to("cpu") for k, v in trainable_state(model).items()}
+    clock.lap("train")
     metrics = MetricRecord(
         {
             "num-examples": result.num_examples,
@@ -59,7 +77,7 @@ def train(msg: Message, context: Context) -> Message:
             "steps": result.steps,
             "train-loss": result.loss,
             "capacity-layers": node.capacity,
-            "train-seconds": time.perf_counter() - start,
+            **clock.metrics(),
         }
     )
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
@@ -69,21 +87,22 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received full global model on this node's test split, holding at most its
     capacity of blocks at a time; reply with accuracy, loss, example and correct counts."""
-    start = time.perf_counter()
+    from fedra_core.evaluation import evaluate_global_model
+
+    clock = _stopwatch()
     node = NodeRuntime.from_context(context)
     node.check_fingerprint(str(msg.content["config"]["fingerprint"]))
+    clock.lap("backbone")
+    test = node.data.test
+    clock.lap("data")
     cfg = node.cfg
     result = evaluate_global_model(
-        node.backbone, msg.content["arrays"].to_torch_state_dict(), cfg.lora(), cfg.method_settings(), node.data.test,
+        node.backbone, msg.content["arrays"].to_torch_state_dict(), cfg.lora(), cfg.method_settings(), test,
         node.capacity, cfg.eval_batch_size, node.device, cfg.bf16,
     )
+    clock.lap("evaluate")
     metrics = MetricRecord(
-        {
-            "accuracy": result.accuracy,
-            "loss": result.loss,
-            "num-examples": result.num_examples,
-            "correct": result.correct,
-            "eval-seconds": time.perf_counter() - start,
-        }
+        {"accuracy": result.accuracy, "loss": result.loss, "num-examples": result.num_examples, "correct": result.correct,
+         **clock.metrics()}
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,39 +1,50 @@
 """FedRA engine: random block allocation, memory-bounded sub-models, LoRA state by global block,
-per-block aggregation and the depth-based baselines. Usable without Flower."""
+per-block aggregation and the depth-based baselines. Usable without Flower.
 
-from fedra_core.aggregation import aggregate_fedra
-from fedra_core.allocation import POLICIES, rows_to_blocks, sample_allocation
-from fedra_core.backbones import Backbone, BackboneSpec, resolve_backbone
-from fedra_core.lora import LoraSettings, export_peft_adapter, load_trainable_state, trainable_state
-from fedra_core.methods import METHODS, MethodSettings, allocate, build_trainable_model, client_keys
-from fedra_core.state import block_of_key, select_state, state_nbytes
-from fedra_core.submodel import build_submodel
-from fedra_core.training import EvalResult, TrainResult, TrainSettings, evaluate, train_local
+Names are imported on first use, so that a process needing only part of the engine (a node answering
+a capacity query does not need peft) does not pay for the rest.
+"""
 
-__all__ = [
-    "POLICIES",
-    "METHODS",
-    "Backbone",
-    "BackboneSpec",
-    "EvalResult",
-    "LoraSettings",
-    "MethodSettings",
-    "TrainResult",
-    "TrainSettings",
-    "aggregate_fedra",
-    "allocate",
-    "block_of_key",
-    "build_submodel",
-    "build_trainable_model",
-    "client_keys",
-    "evaluate",
-    "export_peft_adapter",
-    "load_trainable_state",
-    "resolve_backbone",
-    "rows_to_blocks",
-    "sample_allocation",
-    "select_state",
-    "state_nbytes",
-    "train_local",
-    "trainable_state",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "aggregate_fedra": "aggregation",
+    "POLICIES": "allocation",
+    "rows_to_blocks": "allocation",
+    "sample_allocation": "allocation",
+    "Backbone": "backbones",
+    "BackboneSpec": "backbones",
+    "resolve_backbone": "backbones",
+    "LoraSettings": "lora",
+    "export_peft_adapter": "lora",
+    "load_trainable_state": "lora",
+    "trainable_state": "lora",
+    "METHODS": "methods",
+    "MethodSettings": "methods",
+    "allocate": "methods",
+    "build_trainable_model": "methods",
+    "client_keys": "methods",
+    "block_of_key": "state",
+    "select_state": "state",
+    "state_nbytes": "state",
+    "build_submodel": "submodel",
+    "EvalResult": "training",
+    "TrainResult": "training",
+    "TrainSettings": "training",
+    "evaluate": "training",
+    "train_local": "training",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``name`` from the engine module that defines it, on first use."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'fedra_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"fedra_core.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

@@ -12,14 +12,17 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from safetensors.torch import save_file
 from torch import nn
 
 from fedra_core.backbones import Backbone, Family
 from fedra_core.state import State
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 DEFAULT_TARGETS: dict[Family, tuple[str, ...]] = {
     "vit": ("attn.proj", "mlp.fc2"),
@@ -40,8 +43,10 @@ class LoraSettings:
     dropout: float = 0.1
     targets: tuple[str, ...] | None = None
 
-    def config(self, family: Family, modules_to_save: list[str] | None = None) -> LoraConfig:
+    def config(self, family: Family, modules_to_save: list[str] | None = None) -> "LoraConfig":
         """Return the peft ``LoraConfig`` for a model family."""
+        from peft import LoraConfig  # peft (and the transformers it imports) only where adapters are made
+
         return LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
@@ -58,6 +63,8 @@ def add_lora(model: nn.Module, family: Family, settings: LoraSettings) -> nn.Mod
     Only the adapters, the head and the final norm require gradients afterwards. Returns the model.
     Raises ValueError when no module matches the targets.
     """
+    from peft import inject_adapter_in_model
+
     targets = settings.targets or DEFAULT_TARGETS[family]
     was_training = model.training
     try:

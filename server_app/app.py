@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedra_core import build_trainable_model, resolve_backbone, trainable_state
 from fedra_core.backbones import Backbone
+from fedra_core.data.federation import domains_of
 from fedra_core.depthfl import consistency_weight
 from fedra_core.lora import export_peft_adapter
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
@@ -57,6 +58,10 @@ def prepare(cfg: RunConfig) -> tuple[Backbone, State, ServerEvaluator | None]:
     except ValueError as exc:
         raise ConfigError(f"config keys 'backbone' = {cfg.backbone!r}, 'backbone-weights' = {cfg.backbone_weights!r}: {exc}") from None
     cfg.check_against_backbone(backbone.num_layers)
+    try:
+        domains_of(cfg.data_spec())  # names only: the server opens no dataset
+    except ValueError as exc:
+        raise ConfigError(f"config key 'domains' = {cfg.domains!r}: {exc}") from None
     torch.manual_seed(cfg.seed)
     model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.method_settings())
     initial = clone_state(trainable_state(model))
@@ -200,6 +205,7 @@ def evaluate_round(
     if outcome is not None:
         out["eval-nodes"] = outcome.accepted
         out["eval-rejected"] = {str(k): v for k, v in outcome.rejected.items()}
+        out["eval-timings"] = {str(k): v for k, v in outcome.timings.items()}
     if server_eval is not None:
         accuracy = server_eval(state)
         out["server-accuracy"] = accuracy
@@ -229,6 +235,7 @@ def _record(server_round: int, evaluation: dict, strategy: FedRAStrategy | None 
                 "rejected": {str(k): v for k, v in outcome.rejected.items()},
                 "skipped": outcome.skipped,
                 "train-loss": outcome.train_loss,
+                "train-timings": {str(k): v for k, v in outcome.timings.items()},
             }
         )
     return record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -23,6 +24,15 @@ log = logging.getLogger("fedra")
 def record_nbytes(record: ArrayRecord) -> int:
     """Return the bytes of the serialised arrays of a record (what travels on the wire)."""
     return sum(len(array.data) for array in record.values())
+
+
+def node_timings(metrics: Mapping[str, float], received: float) -> dict[str, float]:
+    """Return a reply's phase times (its ``t-*`` metrics, seconds) and ``reply``: from the node's
+    reply to the server's receipt of the round's replies (transfer and waiting for the others)."""
+    times = {k[2:]: float(v) for k, v in metrics.items() if k.startswith("t-") and k != "t-end"}
+    if "t-end" in metrics:
+        times["reply"] = max(received - float(metrics["t-end"]), 0.0)
+    return times
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class EvalOutcome:
     asked: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
+    timings: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def accuracy(self) -> dict[str, float]:
         """Top-1 accuracy per domain, the nodes of one domain pooled by examples."""
@@ -89,6 +100,7 @@ class RoundOutcome:
     bytes_received: dict[int, int] = field(default_factory=dict)
     train_loss: float | None = None
     skipped: bool = False
+    timings: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 class FedRAStrategy(Strategy):
@@ -203,6 +215,7 @@ class FedRAStrategy(Strategy):
         states: dict[int, State] = {}
         examples: dict[int, int] = {}
         losses: dict[int, float] = {}
+        received = time.time()
         for reply in replies:
             node_id = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if node_id not in row_of:
@@ -216,6 +229,7 @@ class FedRAStrategy(Strategy):
                 outcome.rejected[node_id] = str(exc)
                 log.warning("round %d: rejected reply of node %d: %s", server_round, node_id, exc)
                 continue
+            outcome.timings[node_id] = node_timings(metrics, received)
             states[node_id], examples[node_id] = state, int(metrics["num-examples"])
             losses[node_id] = float(metrics.get("train-loss", float("nan")))
             self._update_capacity(node_id, metrics)
@@ -268,6 +282,7 @@ class FedRAStrategy(Strategy):
         assert self.eval_outcome is not None, "configure_evaluate must run first"
         outcome = self.eval_outcome
         node_of = {m.metadata.message_id: nid for nid, m in self._eval_messages.items() if m.metadata.message_id}
+        received = time.time()
         for reply in replies:
             node_id = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if node_id not in outcome.asked or node_id in outcome.accepted:
@@ -279,6 +294,7 @@ class FedRAStrategy(Strategy):
                 outcome.rejected[node_id] = str(exc)
                 log.warning("round %d: rejected evaluation reply of node %d: %s", server_round, node_id, exc)
                 continue
+            outcome.timings[node_id] = node_timings(metrics, received)
             domain = self.nodes[node_id].domain if node_id in self.nodes else f"node {node_id}"
             n = int(metrics["num-examples"])
             outcome.correct[domain] = outcome.correct.get(domain, 0) + int(metrics["correct"])

@@ -1,7 +1,10 @@
 """End-to-end deployment: a real SuperLink and three real SuperNodes (capacities 12, 6, 3) on
 loopback with TLS and SuperNode authentication, brought up by ``deploy.launch_local`` through the
-scripts in ``deploy/``, running two FedRA rounds with ``flwr run``; plus the refusals: an
-unregistered SuperNode key, and clients that lack the federation's CA certificate.
+scripts in ``deploy/``. Each node holds only its own folder of images (imagefolder layout, one
+domain each); the ServerApp holds no data; evaluation comes from the nodes. Three FedRA rounds run
+with ``flwr run``; after round 1 one node's folder gets an unreadable image and the run goes on
+without that node. Plus the refusals: an unregistered SuperNode key, and clients that lack the
+federation's CA certificate.
 
 Everything is started once per module and stopped by process id by a finalizer, also when a test
 or the set-up fails. The tests run in file order: the refusals are probed after the run.
@@ -14,6 +17,8 @@ import shutil
 import socket
 import ssl
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,50 +36,91 @@ if shutil.which("openssl") is None or shutil.which("ssh-keygen") is None:
     pytest.skip("the deployment test needs openssl and ssh-keygen", allow_module_level=True)
 
 from deploy.launch_local import LocalFederation, NodeSpec  # noqa: E402
-from server_app.simulate import prepare_assets  # noqa: E402
 
-NODES = [NodeSpec(12, 0), NodeSpec(6, 1), NodeSpec(3, 2)]
-CAPACITIES = [n.capacity for n in NODES]
+from app_helpers import write_imagefolder  # noqa: E402
+
+# three organisations, each with one folder of its own images (imagefolder layout)
+SITES = [("site-a", "mnist", 12), ("site-b", "printed", 6), ("site-c", "usps", 3)]
+CAPACITIES = [cap for _, _, cap in SITES]
+TEST_IMAGES = 60
 RUN = {
     "backbone": "vit",
     "backbone-kwargs": json.dumps({"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 12, "num_heads": 2}),
     "backbone-weights": "random",
-    "num-server-rounds": 2,
-    "capacities": "12,6,3",
-    "domains": "mnist,printed,usps",
+    "num-server-rounds": 3,
     "local-steps": 2,
     "batch-size": 32,
-    "eval-max-examples": 200,
     "run-name": "deploy-e2e",
 }
 
 
 @pytest.fixture(scope="module")
+def site_folders(tmp_path_factory) -> dict[str, Path]:
+    """One temporary folder per organisation holding only its own domain's images; then the digits
+    benchmark the images came from is moved out of the cache, so no process can read it."""
+    from fedra_core.data.digits import digits_file
+
+    out = {}
+    for site, domain, _ in SITES:
+        out[site] = write_imagefolder(tmp_path_factory.mktemp(site) / site, domain, max_train=96, max_test=TEST_IMAGES)
+    digits = digits_file(0)
+    hidden = digits.with_name(digits.name + ".hidden")
+    digits.rename(hidden)
+    yield out
+    hidden.rename(digits)
+
+
+@pytest.fixture(scope="module")
 def run_config(tmp_path_factory) -> dict:
-    """The tiny run, writing into a temporary output folder; backbone and data built beforehand."""
+    """The tiny run, writing into a temporary output folder; the backbone built beforehand."""
+    from fedra_core import resolve_backbone
+    from fedra_core.run_config import load_run_config
+
     config = {**RUN, "output-dir": str(tmp_path_factory.mktemp("deploy-runs"))}
-    prepare_assets(config)  # once here rather than in three SuperNodes and the ServerApp at once
+    resolve_backbone(load_run_config(config).backbone_spec())  # once here rather than in four processes at once
     return config
 
 
 @pytest.fixture(scope="module")
-def federation(request, tmp_path_factory, run_config) -> LocalFederation:
+def federation(request, tmp_path_factory, run_config, site_folders) -> LocalFederation:
     """SuperLink (TLS + node auth) and the three SuperNodes, online; stopped by the finalizer."""
     fed = LocalFederation(tmp_path_factory.mktemp("deploy-work"))
     request.addfinalizer(fed.stop)  # registered before anything starts: covers a failing start
-    fed.start(NODES, timeout=120)
+    nodes = [NodeSpec(cap, data_format="imagefolder", data_root=str(site_folders[site]), name=site) for site, _, cap in SITES]
+    fed.start(nodes, timeout=120)
     return fed
 
 
+def _corrupt_after_round_one(folder: Path, image: Path) -> threading.Thread:
+    """Once round 1 is in metrics.jsonl, overwrite ``image`` with bytes no decoder reads."""
+
+    def watch() -> None:
+        metrics = folder / "metrics.jsonl"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if metrics.is_file() and any(json.loads(line)["round"] == 1 for line in metrics.read_text().splitlines() if line.strip()):
+                image.write_bytes(b"this is not an image")
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.fixture(scope="module")
-def run_dir(federation, run_config) -> Path:
-    """Run 2 FedRA rounds with flwr run; return the run's output folder."""
+def run_dir(federation, run_config, site_folders) -> Path:
+    """Run 3 FedRA rounds with flwr run; after round 1 site-c's folder gets an unreadable image."""
     online = {int(n["node-id"]) for n in federation.online_nodes()}
-    result = federation.run_app(run_config, timeout=480)
+    folder = Path(run_config["output-dir"]) / run_config["run-name"]
+    victim = sorted((site_folders["site-c"] / "train").rglob("*.png"))[0]
+    watcher = _corrupt_after_round_one(folder, victim)
+    result = federation.run_app(run_config, timeout=600)
+    watcher.join(timeout=1)
     # flwr run --stream exits 0 even when the ServerApp fails: ask the SuperLink how the run ended
     assert result.ok, f"run {result.run_id}: flwr run {result.returncode}, {result.status}:\n{result.output[-3000:]}"
-    folder = Path(run_config["output-dir"]) / run_config["run-name"]
     assert (folder / "metrics.jsonl").is_file(), f"no metrics written:\n{result.output[-3000:]}"
+    assert victim.read_bytes() == b"this is not an image", "the image was not corrupted during the run"
     # the nodes that trained are the authenticated SuperNodes the SuperLink lists
     rounds = _rounds(folder)
     assert {n for r in rounds for n in r["node-ids"]} == online
@@ -103,21 +149,35 @@ def _initial_global_state(run_config: dict) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in trainable_state(model).items()}
 
 
-def test_every_node_trained_its_allocated_blocks(run_dir: Path) -> None:
-    rounds = _rounds(run_dir)
-    assert [r["round"] for r in rounds] == [1, 2]
-    for r in rounds:
-        assert r["partitions"] == [0, 1, 2]
-        assert r["capacities"] == CAPACITIES
-        allocation = np.array(r["allocation"])
-        assert allocation.shape == (3, 12)
-        assert allocation.sum(axis=1).tolist() == CAPACITIES
-        assert r["accepted"] == r["node-ids"] and len(set(r["accepted"])) == 3
-        assert r["rejected"] == {} and r["skipped"] is False
-        # every reply carried exactly the blocks it was sent (same byte count back)
-        assert r["bytes-received"] == r["bytes-sent"]
-        assert np.isfinite(r["train-loss"])
-    assert rounds[0]["node-ids"] == rounds[1]["node-ids"]
+def test_each_node_trained_on_its_own_folder_and_evaluated_its_own_test_split(run_dir: Path) -> None:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    everyone = {"mnist": TEST_IMAGES, "printed": TEST_IMAGES, "usps": TEST_IMAGES}
+    for r in records[:2]:  # before the corruption: three per-domain rows, reported by the nodes themselves
+        assert r["examples"] == everyone and set(r["accuracy"]) == set(everyone)
+        assert len(r["eval-nodes"]) == 3 and r["eval-rejected"] == {}
+        assert "server-accuracy" not in r  # the server evaluated nothing itself
+    first = records[1]
+    assert first["partitions"] == [-1, -1, -1]
+    assert first["node-labels"] == ["mnist (12 blocks)", "printed (6 blocks)", "usps (3 blocks)"]
+    assert first["capacities"] == CAPACITIES
+    allocation = np.array(first["allocation"])
+    assert allocation.shape == (3, 12) and allocation.sum(axis=1).tolist() == CAPACITIES
+    assert first["accepted"] == first["node-ids"] and first["rejected"] == {}
+    assert first["bytes-received"] == first["bytes-sent"]  # every reply carried exactly the blocks it was sent
+    for name, phases in first["train-timings"].items():  # a fresh process per message: start-up and imports
+        assert phases["startup"] > 0 and phases["imports"] > 0 and phases["train"] > 0, (name, phases)
+    last = records[-1]  # site-c's folder holds an unreadable image now: the run went on without it
+    usps_node = str(first["node-ids"][2])
+    assert usps_node in last["rejected"] and len(last["accepted"]) == 2
+    assert usps_node in last["eval-rejected"]
+    assert last["examples"] == {"mnist": TEST_IMAGES, "printed": TEST_IMAGES}
+
+
+def test_no_process_opened_the_global_dataset(run_dir: Path) -> None:
+    from fedra_core.data.digits import digits_file
+
+    assert not digits_file(0).exists(), "someone rebuilt the digits benchmark: a node or the server read data not its own"
 
 
 def test_global_adapter_changed_only_where_allocated(run_dir: Path, run_config: dict) -> None:
@@ -151,7 +211,7 @@ def test_global_adapter_changed_only_where_allocated(run_dir: Path, run_config: 
 
 def test_unregistered_supernode_is_refused(federation: LocalFederation) -> None:
     key = federation.new_key("intruder")  # a valid P-384 key pair the SuperLink does not know
-    command = federation.supernode_command(NodeSpec(3, 2), private_key=key, root_certificates=federation.certs / "ca.crt")
+    command = federation.supernode_command(NodeSpec(3, data_format="digits", domain="usps", name="intruder"), private_key=key, root_certificates=federation.certs / "ca.crt")
     code, log = federation.probe("intruder", command, timeout=90)
     assert code is not None, f"the unregistered SuperNode kept running:\n{log[-2000:]}"
     assert code != 0
@@ -163,7 +223,7 @@ def test_unregistered_supernode_is_refused(federation: LocalFederation) -> None:
 def test_supernode_without_ca_certificate_cannot_connect(federation: LocalFederation) -> None:
     key = federation.new_key("no-ca")
     federation.register(["no-ca"])  # registered, so only the missing CA certificate can stop it
-    command = federation.supernode_command(NodeSpec(3, 2), private_key=key, root_certificates=None)
+    command = federation.supernode_command(NodeSpec(3, data_format="digits", domain="usps", name="no-ca"), private_key=key, root_certificates=None)
     code, log = federation.probe("no-ca", command, timeout=90)
     assert code is not None and code != 0, log[-2000:]
     assert "CERTIFICATE_VERIFY_FAILED" in log, log[-2000:]

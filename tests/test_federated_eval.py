@@ -181,3 +181,31 @@ def test_nodes_with_only_their_own_imagefolder_train_and_evaluate_and_a_bad_eval
     assert all(sorted(r["accepted"]) == [201, 202, 203] for r in trained)
     assert trained[0]["node-labels"] == ["mnist (12 blocks)", "printed (6 blocks)", "usps (3 blocks)"]
     assert np.array(trained[0]["allocation"]).sum(axis=1).tolist() == [12, 6, 3]
+
+
+def test_server_side_imagefolder_evaluation_equals_a_node_holding_the_same_folder(tmp_path):
+    held_out = write_imagefolder(tmp_path / "held-out", "printed", max_train=16, max_test=30)
+    nodes = {301: {"data-format": "imagefolder", "data-root": str(held_out), "capacity-layers": 4}}
+    overrides = {"server-eval-format": "imagefolder", "server-eval-root": str(held_out), "server-device": "cpu",
+                 "num-server-rounds": 1}
+    records = _records(_run(tmp_path / "runs", nodes, **overrides))
+    for r in records:
+        assert r["server-accuracy"] == {"held-out": r["accuracy"]["held-out"]}
+        assert r["examples"] == {"held-out": 30}
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"server-eval-format": "imagefolder"}, "config key 'server-eval-root' is empty"),
+        ({"server-eval-format": "imagefolder", "server-eval-root": "/nonexistent/held"}, "'/nonexistent/held': no test/ folder"),
+        ({"server-eval-format": "dataset", "server-device": "cuda"}, "server-device' = 'cuda': the server has no CUDA device"),
+        ({"class-names": "a,b,c", "num-classes": 4}, "'class-names' lists 3 names but 'num-classes' = 4"),
+    ],
+)
+def test_bad_server_evaluation_settings_stop_before_any_training(tmp_path, monkeypatch, values, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a server without a GPU
+    sent = []
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")) as info:
+        _run(tmp_path, {101: {"partition-id": 0}}, lambda n, m, r: sent.append(m) or r, **values)
+    assert "\n" not in str(info.value) and not sent and not (tmp_path / "run").exists()

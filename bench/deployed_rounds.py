@@ -1,0 +1,133 @@
+"""Where a deployed round's time goes, next to the same rounds on the simulation engine.
+
+Runs the same FedRA rounds twice: deployed (a SuperLink with TLS and node authentication and three
+SuperNodes on loopback, ``deploy.launch_local``; each node holds one digits domain, ``data-format
+digits``) and on Flower's simulation engine (three nodes on the same three domains as partitions).
+Every reply carries the node's own phase times (``train-timings`` / ``eval-timings`` in
+``metrics.jsonl``): process start-up (until the ClientApp module starts importing), the ClientApp's
+imports, backbone, data, training or evaluation, and the reply (from the node's reply to the
+server's receipt of all replies). Prints, per round and path, the mean over nodes of each phase and
+the round's wall time, and the deployed / simulated ratio of the steady rounds (round 2 on).
+
+    python -m bench.deployed_rounds --rounds 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._common import BENCH_CACHE, format_table, load_avg, machine, set_env_defaults, write_results
+
+DOMAINS = ("mnist", "printed", "usps")
+CAPACITIES = (12, 6, 3)
+RUN = {
+    "backbone": "vit",
+    "backbone-kwargs": json.dumps({"img_size": 28, "patch_size": 7, "embed_dim": 96, "depth": 12, "num_heads": 3}),
+    "backbone-weights": "random",
+    "domains": ",".join(DOMAINS),
+    "capacities": ",".join(map(str, CAPACITIES)),
+    "local-steps": 8,
+    "batch-size": 64,
+    "eval-max-examples": 500,
+    "lr": 0.05,
+}
+PHASES = ("startup", "imports", "backbone", "data", "train", "evaluate", "reply")
+
+
+def run_deployed(run_config: dict[str, Any], work: Path) -> Path:
+    """Run the rounds on a loopback deployment; return the run folder."""
+    from deploy.launch_local import NodeSpec, local_federation
+
+    nodes = [NodeSpec(cap, data_format="digits", domain=d, name=f"node-{d}") for d, cap in zip(DOMAINS, CAPACITIES)]
+    config = {**run_config, "run-name": "deployed", "output-dir": str(work)}
+    with local_federation(nodes, work / "federation") as fed:
+        result = fed.run_app(config, timeout=3600)
+    if not result.ok:
+        raise RuntimeError(f"deployed run failed ({result.status}):\n{result.output[-3000:]}")
+    return work / "deployed"
+
+
+def run_simulated(run_config: dict[str, Any], work: Path) -> Path:
+    """Run the rounds on Flower's simulation engine; return the run folder."""
+    from server_app.simulate import run_simulation
+
+    config = {**run_config, "run-name": "simulated", "output-dir": str(work)}
+    code = run_simulation(config, len(DOMAINS), timeout=3600)
+    if code != 0:
+        raise RuntimeError(f"simulated run failed with exit code {code}")
+    return work / "simulated"
+
+
+def round_breakdown(run_dir: Path) -> list[dict[str, float]]:
+    """Return, per round >= 1, the round's seconds and the mean over nodes of each phase (train and
+    evaluation messages added up per node)."""
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["round"] < 1:
+            continue
+        per_node: dict[str, dict[str, float]] = {}
+        for key in ("train-timings", "eval-timings"):
+            for node, phases in record.get(key, {}).items():
+                into = per_node.setdefault(node, {})
+                for phase, seconds in phases.items():
+                    into[phase] = into.get(phase, 0.0) + seconds
+        row = {"round": record["round"], "seconds": record["seconds"]}
+        for phase in PHASES:
+            row[phase] = statistics.mean(p.get(phase, 0.0) for p in per_node.values()) if per_node else 0.0
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--cache", default=BENCH_CACHE, help="FEDRA_CACHE if unset")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/deployed_rounds.json)")
+    args = parser.parse_args(argv)
+    set_env_defaults(args.cache)
+    from fedra_core import resolve_backbone
+    from fedra_core.data.federation import domain_split
+    from fedra_core.run_config import load_run_config
+
+    run_config = {**RUN, "num-server-rounds": args.rounds}
+    cfg = load_run_config(run_config)
+    resolve_backbone(cfg.backbone_spec())  # built and cached before anything is timed
+    for d in DOMAINS:
+        domain_split(cfg.data_spec(), d, "test")
+    work = Path(tempfile.mkdtemp(prefix="fedra-deployed-rounds-"))
+    results: dict[str, Any] = {}
+    for name, runner in (("deployed", run_deployed), ("simulated", run_simulated)):
+        start = time.perf_counter()
+        run_dir = runner(run_config, work)
+        results[name] = {"wall_seconds": time.perf_counter() - start, "rounds": round_breakdown(run_dir)}
+    headers = ["path", "round", "round s", *[f"{p} s" for p in PHASES]]
+    rows = []
+    for name, res in results.items():
+        for r in res["rounds"]:
+            rows.append([name, r["round"], f"{r['seconds']:.1f}", *[f"{r[p]:.2f}" for p in PHASES]])
+    print("\nPer round: the round's wall time on the server and the mean over nodes of each phase "
+          "(train + evaluation messages of a node added up):")
+    print(format_table(headers, rows))
+    steady = {name: statistics.mean(r["seconds"] for r in res["rounds"][1:] or res["rounds"]) for name, res in results.items()}
+    ratio = steady["deployed"] / steady["simulated"]
+    print(f"\nsteady round (round 2 on): deployed {steady['deployed']:.1f} s, simulated {steady['simulated']:.1f} s, "
+          f"ratio {ratio:.2f}; whole runs {results['deployed']['wall_seconds']:.0f} s / {results['simulated']['wall_seconds']:.0f} s")
+    path = write_results("deployed_rounds", {
+        "machine": {**machine(), "load_avg_at_end": load_avg()},
+        "command": " ".join(["python -m bench.deployed_rounds", *(argv or [])]),
+        "run_config": run_config, "results": results, "steady_round_seconds": steady, "ratio": ratio,
+    }, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
