@@ -2,18 +2,19 @@
 
 The topology is the one of ``deploy/compose.tls.yaml`` and of the multi-machine scripts, without
 Docker: a SuperLink with TLS and SuperNode authentication on a free loopback port, N SuperNodes
-(each with its own capacity, data partition, key pair, Flower home and runtime port) and the
+(each with its own capacity, its own data, key pair, Flower home and runtime port) and the
 operator's ``flwr run``. Every step goes through the scripts in ``deploy/`` (certificates,
 keys, registration, start-up, ``flwr run``), so they are exercised exactly as documented.
 
 Used from Python (the end-to-end test does this)::
 
-    with local_federation([NodeSpec(12, 0), NodeSpec(6, 1), NodeSpec(3, 2)]) as fed:
+    nodes = [NodeSpec(12, "imagefolder", data_root="/data/site-a"), NodeSpec(6, "digits", domain="printed")]
+    with local_federation(nodes) as fed:
         result = fed.run_app({"num-server-rounds": 2, "output-dir": "runs"})
 
-or from the command line::
+or from the command line (digits domains, or ``--data-roots DIR1,DIR2,DIR3`` for image folders)::
 
-    python -m deploy.launch_local --capacities 12,6,3 --run-config "num-server-rounds=2"
+    python -m deploy.launch_local --capacities 12,6,3 --domains mnist,printed,usps --run-config "num-server-rounds=2"
 
 Everything started is stopped by process id on exit, including the SuperExec and app processes
 Flower starts underneath, also when something fails half-way.
@@ -48,19 +49,40 @@ CONNECTION = "fedra-local"
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One SuperNode: its capacity (blocks it can train), data partition and local settings."""
+    """One SuperNode: its capacity (blocks it can train), its own data and local settings.
+
+    ``data_format`` is the node-config ``data-format``: ``imagefolder`` (``data_root``),
+    ``domainnet`` / ``nicopp`` (``data_root`` and ``domain``), ``digits`` (``domain``) or
+    ``partition`` (``partition_id`` of the run's dataset).
+    """
 
     capacity: int
-    partition_id: int
+    data_format: str = "digits"
+    domain: str = ""
+    data_root: str | None = None
+    partition_id: int | None = None
     name: str = ""
     device: str = "cpu"
-    data_root: str | None = None
     threads: int | None = 1
 
     @property
     def key_name(self) -> str:
         """The name of the node's key pair (and of its registration on the SuperLink)."""
-        return self.name or f"supernode-p{self.partition_id}"
+        if self.name:
+            return self.name
+        label = self.domain or (Path(self.data_root).name if self.data_root else f"p{self.partition_id}")
+        return f"supernode-{label}"
+
+    def node_config(self) -> str:
+        """Return the node's ``--node-config`` string (what ``start_supernode.sh`` passes)."""
+        parts = [f"data-format='{self.data_format}'", f"capacity-layers={self.capacity}", f"device='{self.device}'"]
+        if self.data_root:
+            parts.append(f"data-root='{self.data_root}'")
+        if self.domain:
+            parts.append(f"domain='{self.domain}'")
+        if self.partition_id is not None:
+            parts.append(f"partition-id={self.partition_id}")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -167,12 +189,17 @@ class LocalFederation:
         name = spec.key_name
         if name in self.processes:
             raise ValueError(f"a SuperNode named {name!r} is already running")
-        args = [str(DEPLOY / "start_supernode.sh"), "--port", str(free_port()), "--device", spec.device]
+        args = [str(DEPLOY / "start_supernode.sh"), "--port", str(free_port()), "--device", spec.device,
+                "--data-format", spec.data_format]
         if spec.data_root:
             args += ["--data-root", spec.data_root]
+        if spec.domain:
+            args += ["--domain", spec.domain]
+        if spec.partition_id is not None:
+            args += ["--partition-id", str(spec.partition_id)]
         if spec.threads:
             args += ["--threads", str(spec.threads)]
-        args += [self.address, str(spec.capacity), str(spec.partition_id), str(self.keys / name), str(self.certs / "ca.crt")]
+        args += [self.address, str(spec.capacity), str(self.keys / name), str(self.certs / "ca.crt")]
         extra_env = {"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {}
         proc = self._spawn(name, args, home=self.work_dir / "nodes" / name / "flwr-home", extra_env=extra_env)
         self.nodes[name] = spec
@@ -275,7 +302,7 @@ class LocalFederation:
         connecting after one retry or ``max_wait`` seconds."""
         cmd = [
             self._bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port()),
-            "--node-config", f"partition-id={spec.partition_id} capacity-layers={spec.capacity} device='{spec.device}'",
+            "--node-config", spec.node_config(),
             "--max-retries", "1", "--max-wait-time", str(max_wait),
         ]
         if root_certificates is not None:
@@ -430,6 +457,10 @@ def local_federation(
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _str_list(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(p) for p in text.split(",") if p.strip()]
@@ -441,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns ``flwr run``'s exit code (0 with --up after Ctrl-C)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--capacities", type=_int_list, default=[12, 6, 3], help="blocks per SuperNode (default 12,6,3)")
-    parser.add_argument("--partitions", type=_int_list, default=None, help="partition id per SuperNode (default 0..N-1)")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--domains", type=_str_list, default=None,
+                      help="one digits domain per SuperNode (data-format digits; default mnist,printed,usps,...)")
+    data.add_argument("--data-roots", type=_str_list, default=None,
+                      help="one image folder per SuperNode (data-format imagefolder: DIR/train/<class>/..., DIR/test/<class>/...)")
     parser.add_argument("--device", default="cpu", help="device of every SuperNode (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per SuperNode (default 1)")
     parser.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=5 capacities=\'12,6,3\'"')
@@ -450,14 +485,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="give up on the run after this many seconds")
     parser.add_argument("--up", action="store_true", help="only bring the federation up and wait for Ctrl-C")
     args = parser.parse_args(argv)
-    partitions = args.partitions if args.partitions is not None else list(range(len(args.capacities)))
-    if len(partitions) != len(args.capacities):
-        parser.error("--partitions needs one id per capacity")
-    nodes = [NodeSpec(c, p, device=args.device, threads=args.threads) for c, p in zip(args.capacities, partitions)]
+    n = len(args.capacities)
+    if args.data_roots is not None:
+        if len(args.data_roots) != n:
+            parser.error(f"--data-roots needs one folder per capacity ({n})")
+        nodes = [NodeSpec(c, "imagefolder", data_root=str(Path(r).resolve()), device=args.device, threads=args.threads)
+                 for c, r in zip(args.capacities, args.data_roots)]
+    else:
+        from fedra_core.data.digits import DIGITS_DOMAINS
+
+        domains = args.domains or list(DIGITS_DOMAINS[:n])
+        if len(domains) != n:
+            parser.error(f"--domains needs one domain per capacity ({n})")
+        nodes = [NodeSpec(c, "digits", domain=d, device=args.device, threads=args.threads) for c, d in zip(args.capacities, domains)]
     run_config: dict = {"output-dir": str(Path(args.output_dir).resolve())}
     run_config.update(parse_config_args([args.run_config]) if args.run_config else {})
-    if not args.up:
-        prepare_assets(run_config)  # build the backbone and data once, before the nodes need them
+    if not args.up and args.data_roots is None:
+        prepare_assets(run_config)  # build the backbone and the digits benchmark once, before the nodes need them
     work_dir = Path(args.work_dir) if args.work_dir else None
     try:
         with local_federation(nodes, work_dir) as fed:

@@ -4,21 +4,32 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: deploy/start_supernode.sh [options] SUPERLINK_ADDRESS CAPACITY PARTITION_ID PRIVATE_KEY CA_CERT
-       deploy/start_supernode.sh --insecure [options] SUPERLINK_ADDRESS CAPACITY PARTITION_ID
+Usage: deploy/start_supernode.sh [options] SUPERLINK_ADDRESS CAPACITY PRIVATE_KEY CA_CERT
+       deploy/start_supernode.sh --insecure [options] SUPERLINK_ADDRESS CAPACITY
 
-Starts flower-supernode (Flower 1.41) in the foreground. The ClientApp runs as a subprocess, so
-this machine needs the app's dependencies (pip install . in this repo, or the docker image).
+Starts flower-supernode in the foreground for a node that holds ONLY ITS OWN data. The ClientApp
+runs as a subprocess, so this machine needs the app's dependencies (pip install . in this repo, or
+the docker image).
 
   SUPERLINK_ADDRESS  HOST:PORT of the SuperLink (HOST must be in its certificate's subjectAltName)
   CAPACITY           how many transformer blocks this node can train (node-config capacity-layers)
-  PARTITION_ID       this node's data partition (node-config partition-id, 0-based)
   PRIVATE_KEY        this node's ECDSA private key (deploy/gen_node_keys.sh); its .pub must be
                      registered on the SuperLink (deploy/register_nodes.sh)
   CA_CERT            the federation's CA certificate (ca.crt of deploy/gen_certs.sh)
 
+This node's data (node-config data-format, data-root, domain):
+  --data-format F    imagefolder (default): --data-root DIR with DIR/train/<class>/*.png|jpg...
+                                            and DIR/test/<class>/... (test/ optional)
+                     domainnet | nicopp:    --data-root DATASET_ROOT --domain NAME (one domain)
+                     digits:                --domain NAME (offline demo data: mnist, optdigits,
+                                            mnistm, printed, usps, housenum)
+                     partition:             --partition-id N of the run's dataset (simulation-style)
+  --data-root DIR    this node's data folder
+  --domain NAME      this node's domain (for imagefolder: its name in the tables; default the
+                     folder's name)
+  --partition-id N   only with --data-format partition
+
 Options:
-  --data-root DIR    dataset folder on this node (node-config data-root)
   --device DEV       auto | cpu | cuda | cuda:N (node-config device; default auto)
   --weights FILE     local backbone .safetensors (node-config backbone-weights)
   --threads N        torch threads (node-config num-threads)
@@ -27,7 +38,7 @@ Options:
   --insecure         no TLS and no authentication (only against a SuperLink started --insecure)
   -h, --help         show this help
 
-Environment: FEDRA_CACHE (backbones and data cache), HF_HUB_OFFLINE, ... reach the ClientApp.
+Environment: FEDRA_CACHE (backbones and decoded-image cache), HF_HUB_OFFLINE, ... reach the ClientApp.
 EOF
 }
 
@@ -35,11 +46,14 @@ EOF
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 die() { echo "start_supernode.sh: error: $*" >&2; exit 1; }
 
-insecure=0 port=9094 data_root="" device="" weights="" threads=""
+insecure=0 port=9094 data_format="imagefolder" data_root="" domain="" partition="" device="" weights="" threads=""
 pos=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --data-format) [[ $# -ge 2 ]] || die "$1 needs a format"; data_format="$2"; shift 2 ;;
     --data-root) [[ $# -ge 2 ]] || die "$1 needs a folder"; data_root="$2"; shift 2 ;;
+    --domain) [[ $# -ge 2 ]] || die "$1 needs a domain name"; domain="$2"; shift 2 ;;
+    --partition-id) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "$1 needs an integer >= 0"; partition="$2"; shift 2 ;;
     --device) [[ $# -ge 2 ]] || die "$1 needs a device"; device="$2"; shift 2 ;;
     --weights) [[ $# -ge 2 ]] || die "$1 needs a file"; weights="$2"; shift 2 ;;
     --threads) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "$1 needs a number"; threads="$2"; shift 2 ;;
@@ -51,22 +65,37 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ $insecure -eq 1 ]]; then
-  [[ ${#pos[@]} -eq 3 ]] || { usage >&2; die "--insecure needs SUPERLINK_ADDRESS CAPACITY PARTITION_ID"; }
+  [[ ${#pos[@]} -eq 2 ]] || { usage >&2; die "--insecure needs SUPERLINK_ADDRESS CAPACITY"; }
 else
-  [[ ${#pos[@]} -eq 5 ]] || { usage >&2; die "expected SUPERLINK_ADDRESS CAPACITY PARTITION_ID PRIVATE_KEY CA_CERT"; }
+  [[ ${#pos[@]} -eq 4 ]] || { usage >&2; die "expected SUPERLINK_ADDRESS CAPACITY PRIVATE_KEY CA_CERT"; }
 fi
-address="${pos[0]}" capacity="${pos[1]}" partition="${pos[2]}"
+address="${pos[0]}" capacity="${pos[1]}"
 [[ "$address" =~ ^[^[:space:]]+:[0-9]+$ ]] || die "SuperLink address '$address' must look like HOST:PORT"
 [[ "$capacity" =~ ^[1-9][0-9]*$ ]] || die "CAPACITY '$capacity' must be a positive integer"
-[[ "$partition" =~ ^[0-9]+$ ]] || die "PARTITION_ID '$partition' must be an integer >= 0"
 case "$device" in ""|auto|cpu|cuda|cuda:[0-9]*) ;; *) die "--device '$device': use auto, cpu, cuda or cuda:N" ;; esac
-for v in "$data_root" "$weights"; do
-  [[ "$v" != *"'"* ]] || die "paths with a single quote cannot be passed in node-config: '$v'"
+for v in "$data_root" "$domain" "$weights"; do
+  [[ "$v" != *"'"* ]] || die "values with a single quote cannot be passed in node-config: '$v'"
 done
+case "$data_format" in
+  imagefolder)
+    [[ -n "$data_root" ]] || die "--data-format imagefolder needs --data-root DIR (DIR/train/<class>/...)"
+    [[ -d "$data_root/train" ]] || die "--data-root '$data_root': no train/ folder (expected $data_root/train/<class>/*.png)" ;;
+  domainnet|nicopp)
+    [[ -n "$data_root" && -n "$domain" ]] || die "--data-format $data_format needs --data-root DATASET_ROOT and --domain NAME"
+    [[ -d "$data_root" ]] || die "--data-root '$data_root': no such folder" ;;
+  digits)
+    [[ -n "$domain" ]] || die "--data-format digits needs --domain (mnist, optdigits, mnistm, printed, usps, housenum)" ;;
+  partition)
+    [[ -n "$partition" ]] || die "--data-format partition needs --partition-id N" ;;
+  *) die "--data-format '$data_format': use imagefolder, domainnet, nicopp, digits or partition" ;;
+esac
+[[ -z "$partition" || "$data_format" == partition ]] || die "--partition-id only goes with --data-format partition"
 
-node_config="partition-id=$partition capacity-layers=$capacity"
+node_config="data-format='$data_format' capacity-layers=$capacity"
 [[ -z "$device" ]] || node_config+=" device='$device'"
-[[ -z "$data_root" ]] || node_config+=" data-root='$data_root'"
+[[ -z "$data_root" ]] || node_config+=" data-root='$(cd "$data_root" && pwd)'"
+[[ -z "$domain" ]] || node_config+=" domain='$domain'"
+[[ -z "$partition" ]] || node_config+=" partition-id=$partition"
 [[ -z "$weights" ]] || { [[ -f "$weights" ]] || die "weights file $weights not found"; node_config+=" backbone-weights='$weights'"; }
 [[ -z "$threads" ]] || node_config+=" num-threads=$threads"
 
@@ -77,7 +106,7 @@ if [[ $insecure -eq 1 ]]; then
   echo "start_supernode.sh: WARNING: --insecure: no TLS, no authentication" >&2
   args+=(--insecure)
 else
-  key="${pos[3]}" ca="${pos[4]}"
+  key="${pos[2]}" ca="${pos[3]}"
   [[ -r "$key" ]] || die "private key $key not found or not readable"
   [[ -r "$ca" ]] || die "CA certificate $ca not found or not readable"
   args+=(--root-certificates "$ca" --auth-supernode-private-key "$key")

@@ -170,6 +170,7 @@ def test_mounted_host_paths_exist_or_are_generated(overlays: list[Path], generat
 @pytest.mark.parametrize("overlays", [[], [OVERLAYS[0]], OVERLAYS], ids=["insecure", "tls", "tls+gpu"])
 def test_flags_exist_in_flower_1_41_and_ports_agree(overlays: list[Path], help_flags: dict[str, set[str]]) -> None:
     from client_app.node import NODE_KEYS
+    from fedra_core.data.digits import DIGITS_DOMAINS
 
     services = merged(BASE, *overlays)
     link = _flags(services["superlink"]["command"])
@@ -182,7 +183,7 @@ def test_flags_exist_in_flower_1_41_and_ports_agree(overlays: list[Path], help_f
     tls = "--insecure" not in link
     if tls:
         assert {"--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth"} <= set(link)
-    partitions = set()
+    domains = set()
     mounted_link = {_mount(v)[1] for v in services["superlink"].get("volumes", [])}
     for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"):
         if flag in link:
@@ -195,15 +196,16 @@ def test_flags_exist_in_flower_1_41_and_ports_agree(overlays: list[Path], help_f
         assert not set(node) & DEPRECATED
         assert node["--superlink"] == f"superlink:{port}"
         assert ("--insecure" in node) == (not tls), f"{name}: TLS setting differs from the SuperLink's"
-        config = dict(item.split("=", 1) for item in node["--node-config"].split())
-        assert set(config) <= set(NODE_KEYS) and "partition-id" in config
+        config = {k: v.strip("'") for k, v in (item.split("=", 1) for item in node["--node-config"].split())}
+        assert set(config) <= set(NODE_KEYS) and "partition-id" not in config  # each node brings its own data
+        assert config["data-format"] == "digits" and config["domain"] in DIGITS_DOMAINS
         assert int(config["capacity-layers"]) == CAPACITIES[name]
-        partitions.add(int(config["partition-id"]))
+        domains.add(config["domain"])
         if tls:
             mounted = {_mount(v)[1] for v in services[name].get("volumes", [])}
             assert node["--root-certificates"] in mounted and node["--auth-supernode-private-key"] in mounted
             keys.add(node["--auth-supernode-private-key"])
-    assert partitions == {0, 1, 2}
+    assert len(domains) == 3  # one domain per node
     if tls:
         assert len(keys) == 3, "every SuperNode needs its own key"
 
