@@ -8,7 +8,8 @@ keys, registration, start-up, ``flwr run``), so they are exercised exactly as do
 
 Used from Python (the end-to-end test does this)::
 
-    nodes = [NodeSpec(12, "imagefolder", data_root="/data/site-a"), NodeSpec(6, "digits", domain="printed")]
+    nodes = [NodeSpec(12, data_format="imagefolder", data_root="/data/site-a"),
+             NodeSpec(6, data_format="digits", domain="printed")]
     with local_federation(nodes) as fed:
         result = fed.run_app({"num-server-rounds": 2, "output-dir": "runs"})
 
@@ -34,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -47,23 +48,46 @@ DEPLOY = REPO / "deploy"
 CONNECTION = "fedra-local"
 
 
+DATA_FORMATS = ("imagefolder", "domainnet", "nicopp", "digits", "partition")  # as fedra_core.data.node_data
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """One SuperNode: its capacity (blocks it can train), its own data and local settings.
 
-    ``data_format`` is the node-config ``data-format``: ``imagefolder`` (``data_root``),
+    ``NodeSpec(capacity, *, data_format, data_root=None, domain="", partition_id=None, name="",
+    device="cpu", threads=1)``. ``data_format`` is the node-config ``data-format``:
+    ``imagefolder`` (``data_root`` with ``train/<class>/...``; ``domain`` optional),
     ``domainnet`` / ``nicopp`` (``data_root`` and ``domain``), ``digits`` (``domain``) or
-    ``partition`` (``partition_id`` of the run's dataset).
+    ``partition`` (``partition_id`` of the run's dataset). ``name`` names the node's key pair;
+    by default ``supernode-<domain>`` (else the data folder's name, else ``p<partition id>``).
     """
 
     capacity: int
-    data_format: str = "digits"
-    domain: str = ""
+    _: KW_ONLY
+    data_format: str
     data_root: str | None = None
+    domain: str = ""
     partition_id: int | None = None
     name: str = ""
     device: str = "cpu"
     threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        fmt = self.data_format
+        if fmt not in DATA_FORMATS:
+            raise ValueError(f"NodeSpec data_format {fmt!r}: allowed {list(DATA_FORMATS)}")
+        if not (isinstance(self.capacity, int) and self.capacity >= 1):
+            raise ValueError(f"NodeSpec capacity {self.capacity!r}: a positive integer")
+        if fmt in ("imagefolder", "domainnet", "nicopp") and not self.data_root:
+            raise ValueError(f"NodeSpec data_format {fmt!r} needs data_root")
+        if fmt in ("domainnet", "nicopp", "digits") and not self.domain:
+            raise ValueError(f"NodeSpec data_format {fmt!r} needs domain")
+        if (fmt == "partition") != (self.partition_id is not None):
+            raise ValueError(f"NodeSpec partition_id {self.partition_id!r}: given exactly when data_format is 'partition' (not {fmt!r})")
+        for key in ("data_root", "domain", "device"):
+            if "'" in str(getattr(self, key) or ""):
+                raise ValueError(f"NodeSpec {key} {getattr(self, key)!r}: a single quote cannot be passed in node-config")
 
     @property
     def key_name(self) -> str:
@@ -71,17 +95,19 @@ class NodeSpec:
         if self.name:
             return self.name
         label = self.domain or (Path(self.data_root).name if self.data_root else f"p{self.partition_id}")
-        return f"supernode-{label}"
+        return "supernode-" + re.sub(r"[^A-Za-z0-9._-]+", "-", label)
 
     def node_config(self) -> str:
         """Return the node's ``--node-config`` string (what ``start_supernode.sh`` passes)."""
         parts = [f"data-format='{self.data_format}'", f"capacity-layers={self.capacity}", f"device='{self.device}'"]
         if self.data_root:
-            parts.append(f"data-root='{self.data_root}'")
+            parts.append(f"data-root='{Path(self.data_root).resolve()}'")
         if self.domain:
             parts.append(f"domain='{self.domain}'")
         if self.partition_id is not None:
             parts.append(f"partition-id={self.partition_id}")
+        if self.threads:
+            parts.append(f"num-threads={self.threads}")
         return " ".join(parts)
 
 
@@ -468,40 +494,75 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
+DEMO_DOMAINS = ("mnist", "printed", "usps", "optdigits", "mnistm", "housenum")  # the compose files' order first
+
+
+def node_specs(
+    capacities: Sequence[int],
+    domains: Sequence[str] | None = None,
+    data_roots: Sequence[str] | None = None,
+    device: str = "cpu",
+    threads: int | None = 1,
+) -> list[NodeSpec]:
+    """One NodeSpec per capacity: image folders (``data_roots``, optionally named by ``domains``)
+    or digits domains (``domains``, default ``DEMO_DOMAINS``). ValueError when the counts differ."""
+    n = len(capacities)
+    if data_roots is not None:
+        if len(data_roots) != n:
+            raise ValueError(f"--data-roots has {len(data_roots)} folders for {n} capacities: give one per SuperNode")
+        if domains is not None and len(domains) != n:
+            raise ValueError(f"--domains has {len(domains)} names for {n} folders: give one per SuperNode")
+        names = domains or [""] * n
+        specs = [NodeSpec(c, data_format="imagefolder", data_root=str(Path(r).resolve()), domain=d, device=device, threads=threads)
+                 for c, r, d in zip(capacities, data_roots, names)]
+    else:
+        if domains is None:
+            if n > len(DEMO_DOMAINS):
+                raise ValueError(f"{n} capacities but the digits benchmark has {len(DEMO_DOMAINS)} domains: give --domains")
+            domains = DEMO_DOMAINS[:n]
+        if len(domains) != n:
+            raise ValueError(f"--domains has {len(domains)} domains for {n} capacities: give one per SuperNode")
+        for d in domains:
+            if d not in DEMO_DOMAINS:
+                raise ValueError(f"--domains {d!r}: the digits benchmark has {', '.join(DEMO_DOMAINS)}")
+        specs = [NodeSpec(c, data_format="digits", domain=d, device=device, threads=threads) for c, d in zip(capacities, domains)]
+    keys = [spec.key_name for spec in specs]
+    if len(set(keys)) < len(keys):  # e.g. two folders of the same name, or a domain given twice: number the keys
+        specs = [replace(spec, name=f"{key}-{i + 1}") for i, (spec, key) in enumerate(zip(specs, keys))]
+    return specs
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns ``flwr run``'s exit code (0 with --up after Ctrl-C)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--capacities", type=_int_list, default=[12, 6, 3], help="blocks per SuperNode (default 12,6,3)")
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument("--domains", type=_str_list, default=None,
-                      help="one digits domain per SuperNode (data-format digits; default mnist,printed,usps,...)")
-    data.add_argument("--data-roots", type=_str_list, default=None,
-                      help="one image folder per SuperNode (data-format imagefolder: DIR/train/<class>/..., DIR/test/<class>/...)")
+    parser.add_argument("--domains", type=_str_list, default=None,
+                        help="one digits domain per SuperNode (data-format digits; default mnist,printed,usps,...); "
+                             "with --data-roots: the folders' names in the tables")
+    parser.add_argument("--data-roots", type=_str_list, default=None,
+                        help="one image folder per SuperNode (data-format imagefolder: DIR/train/<class>/..., DIR/test/<class>/...)")
     parser.add_argument("--device", default="cpu", help="device of every SuperNode (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per SuperNode (default 1)")
-    parser.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=5 capacities=\'12,6,3\'"')
+    parser.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=5 num-classes=10"')
     parser.add_argument("--output-dir", default=str(REPO / "runs"), help="where the ServerApp writes its outputs")
     parser.add_argument("--work-dir", default=None, help="keep certificates, keys and logs here (default: temporary)")
     parser.add_argument("--timeout", type=float, default=None, help="give up on the run after this many seconds")
     parser.add_argument("--up", action="store_true", help="only bring the federation up and wait for Ctrl-C")
     args = parser.parse_args(argv)
-    n = len(args.capacities)
-    if args.data_roots is not None:
-        if len(args.data_roots) != n:
-            parser.error(f"--data-roots needs one folder per capacity ({n})")
-        nodes = [NodeSpec(c, "imagefolder", data_root=str(Path(r).resolve()), device=args.device, threads=args.threads)
-                 for c, r in zip(args.capacities, args.data_roots)]
-    else:
-        from fedra_core.data.digits import DIGITS_DOMAINS
-
-        domains = args.domains or list(DIGITS_DOMAINS[:n])
-        if len(domains) != n:
-            parser.error(f"--domains needs one domain per capacity ({n})")
-        nodes = [NodeSpec(c, "digits", domain=d, device=args.device, threads=args.threads) for c, d in zip(args.capacities, domains)]
+    try:
+        nodes = node_specs(args.capacities, args.domains, args.data_roots, device=args.device, threads=args.threads)
+    except ValueError as exc:
+        parser.error(str(exc))
     run_config: dict = {"output-dir": str(Path(args.output_dir).resolve())}
     run_config.update(parse_config_args([args.run_config]) if args.run_config else {})
-    if not args.up and args.data_roots is None:
-        prepare_assets(run_config)  # build the backbone and the digits benchmark once, before the nodes need them
+    if not args.up:
+        if args.data_roots is None:
+            prepare_assets(run_config)  # build the backbone and the digits benchmark once, before the nodes need them
+        else:
+            from fedra_core import resolve_backbone
+            from fedra_core.run_config import load_run_config
+
+            resolve_backbone(load_run_config(run_config).backbone_spec())  # once, not in every node at once
     work_dir = Path(args.work_dir) if args.work_dir else None
     try:
         with local_federation(nodes, work_dir) as fed:

@@ -46,18 +46,23 @@ EOF
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 die() { echo "start_supernode.sh: error: $*" >&2; exit 1; }
 
+FORMATS="imagefolder, domainnet, nicopp, digits or partition"
+DIGITS="mnist, optdigits, mnistm, printed, usps, housenum"   # fedra_core.data.digits.DIGITS_DOMAINS
+
 insecure=0 port=9094 data_format="imagefolder" data_root="" domain="" partition="" device="" weights="" threads=""
 pos=()
+# value OPTION ARGS...: the option's value (die naming what it takes when it is missing)
+need() { [[ $# -ge 3 && "$3" != --* ]] || die "$1 needs a value: $2"; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --data-format) [[ $# -ge 2 ]] || die "$1 needs a format"; data_format="$2"; shift 2 ;;
-    --data-root) [[ $# -ge 2 ]] || die "$1 needs a folder"; data_root="$2"; shift 2 ;;
-    --domain) [[ $# -ge 2 ]] || die "$1 needs a domain name"; domain="$2"; shift 2 ;;
-    --partition-id) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "$1 needs an integer >= 0"; partition="$2"; shift 2 ;;
-    --device) [[ $# -ge 2 ]] || die "$1 needs a device"; device="$2"; shift 2 ;;
-    --weights) [[ $# -ge 2 ]] || die "$1 needs a file"; weights="$2"; shift 2 ;;
-    --threads) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "$1 needs a number"; threads="$2"; shift 2 ;;
-    --port) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "$1 needs a port number"; port="$2"; shift 2 ;;
+    --data-format) need "$1" "$FORMATS" "${@:2}"; data_format="$2"; shift 2 ;;
+    --data-root) need "$1" "this node's data folder" "${@:2}"; data_root="$2"; shift 2 ;;
+    --domain) need "$1" "a domain name (digits: $DIGITS)" "${@:2}"; domain="$2"; shift 2 ;;
+    --partition-id) need "$1" "an integer >= 0" "${@:2}"; partition="$2"; shift 2 ;;
+    --device) need "$1" "auto, cpu, cuda or cuda:N" "${@:2}"; device="$2"; shift 2 ;;
+    --weights) need "$1" "a local .safetensors file" "${@:2}"; weights="$2"; shift 2 ;;
+    --threads) need "$1" "a positive integer" "${@:2}"; threads="$2"; shift 2 ;;
+    --port) need "$1" "a port number" "${@:2}"; port="$2"; shift 2 ;;
     --insecure) insecure=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -65,38 +70,45 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ $insecure -eq 1 ]]; then
-  [[ ${#pos[@]} -eq 2 ]] || { usage >&2; die "--insecure needs SUPERLINK_ADDRESS CAPACITY"; }
+  [[ ${#pos[@]} -eq 2 ]] || { usage >&2; die "--insecure needs SUPERLINK_ADDRESS CAPACITY, got ${#pos[@]} arguments: ${pos[*]:-none}"; }
 else
-  [[ ${#pos[@]} -eq 4 ]] || { usage >&2; die "expected SUPERLINK_ADDRESS CAPACITY PRIVATE_KEY CA_CERT"; }
+  [[ ${#pos[@]} -eq 4 ]] || { usage >&2; die "expected SUPERLINK_ADDRESS CAPACITY PRIVATE_KEY CA_CERT, got ${#pos[@]} arguments: ${pos[*]:-none}"; }
 fi
 address="${pos[0]}" capacity="${pos[1]}"
-[[ "$address" =~ ^[^[:space:]]+:[0-9]+$ ]] || die "SuperLink address '$address' must look like HOST:PORT"
-[[ "$capacity" =~ ^[1-9][0-9]*$ ]] || die "CAPACITY '$capacity' must be a positive integer"
-case "$device" in ""|auto|cpu|cuda|cuda:[0-9]*) ;; *) die "--device '$device': use auto, cpu, cuda or cuda:N" ;; esac
-for v in "$data_root" "$domain" "$weights"; do
-  [[ "$v" != *"'"* ]] || die "values with a single quote cannot be passed in node-config: '$v'"
+[[ "$address" =~ ^[^[:space:]]+:[0-9]+$ ]] || die "SUPERLINK_ADDRESS '$address' must look like HOST:PORT"
+[[ "$capacity" =~ ^[1-9][0-9]*$ ]] || die "CAPACITY '$capacity' must be a positive integer (blocks this node can train)"
+[[ "$port" =~ ^[0-9]+$ ]] || die "--port '$port': use a port number"
+[[ -z "$threads" || "$threads" =~ ^[1-9][0-9]*$ ]] || die "--threads '$threads': use a positive integer"
+[[ -z "$partition" || "$partition" =~ ^[0-9]+$ ]] || die "--partition-id '$partition': use an integer >= 0"
+case "$device" in ""|auto|cpu|cuda|cuda:[0-9]|cuda:[0-9][0-9]) ;; *) die "--device '$device': use auto, cpu, cuda or cuda:N" ;; esac
+for opt in data-format:"$data_format" data-root:"$data_root" domain:"$domain" weights:"$weights"; do
+  [[ "${opt#*:}" != *"'"* ]] || die "--${opt%%:*} '${opt#*:}': a value with a single quote cannot be passed in node-config"
 done
 case "$data_format" in
   imagefolder)
-    [[ -n "$data_root" ]] || die "--data-format imagefolder needs --data-root DIR (DIR/train/<class>/...)"
-    [[ -d "$data_root/train" ]] || die "--data-root '$data_root': no train/ folder (expected $data_root/train/<class>/*.png)" ;;
+    [[ -n "$data_root" ]] || die "--data-format imagefolder needs --data-root DIR (DIR/train/<class>/..., DIR/test/<class>/...)"
+    [[ -d "$data_root" ]] || die "--data-root '$data_root': no such folder (imagefolder expects DIR/train/<class>/...)"
+    [[ -d "$data_root/train" ]] || die "--data-root '$data_root': no train/ folder (imagefolder expects $data_root/train/<class>/*.png|jpg...)" ;;
   domainnet|nicopp)
-    [[ -n "$data_root" && -n "$domain" ]] || die "--data-format $data_format needs --data-root DATASET_ROOT and --domain NAME"
+    [[ -n "$data_root" ]] || die "--data-format $data_format needs --data-root DATASET_ROOT (the dataset's root folder) and --domain NAME"
+    [[ -n "$domain" ]] || die "--data-format $data_format needs --domain NAME (this node's domain of $data_root)"
     [[ -d "$data_root" ]] || die "--data-root '$data_root': no such folder" ;;
   digits)
-    [[ -n "$domain" ]] || die "--data-format digits needs --domain (mnist, optdigits, mnistm, printed, usps, housenum)" ;;
+    [[ -n "$domain" ]] || die "--data-format digits needs --domain NAME: $DIGITS"
+    [[ ", $DIGITS, " == *", $domain, "* ]] || die "--domain '$domain': the digits benchmark has $DIGITS" ;;
   partition)
-    [[ -n "$partition" ]] || die "--data-format partition needs --partition-id N" ;;
-  *) die "--data-format '$data_format': use imagefolder, domainnet, nicopp, digits or partition" ;;
+    [[ -n "$partition" ]] || die "--data-format partition needs --partition-id N (a partition of the run's dataset)" ;;
+  *) die "--data-format '$data_format': use $FORMATS" ;;
 esac
-[[ -z "$partition" || "$data_format" == partition ]] || die "--partition-id only goes with --data-format partition"
+[[ -z "$partition" || "$data_format" == partition ]] || die "--partition-id '$partition' only goes with --data-format partition, not '$data_format'"
+[[ -z "$data_root" || -d "$data_root" ]] || die "--data-root '$data_root': no such folder"
 
 node_config="data-format='$data_format' capacity-layers=$capacity"
 [[ -z "$device" ]] || node_config+=" device='$device'"
 [[ -z "$data_root" ]] || node_config+=" data-root='$(cd "$data_root" && pwd)'"
 [[ -z "$domain" ]] || node_config+=" domain='$domain'"
 [[ -z "$partition" ]] || node_config+=" partition-id=$partition"
-[[ -z "$weights" ]] || { [[ -f "$weights" ]] || die "weights file $weights not found"; node_config+=" backbone-weights='$weights'"; }
+[[ -z "$weights" ]] || { [[ -f "$weights" ]] || die "--weights '$weights': no such file (a local .safetensors)"; node_config+=" backbone-weights='$(fedra_abspath "$weights")'"; }
 [[ -z "$threads" ]] || node_config+=" num-threads=$threads"
 
 supernode="$(fedra_bin flower-supernode)" || exit 1
@@ -107,8 +119,8 @@ if [[ $insecure -eq 1 ]]; then
   args+=(--insecure)
 else
   key="${pos[2]}" ca="${pos[3]}"
-  [[ -r "$key" ]] || die "private key $key not found or not readable"
-  [[ -r "$ca" ]] || die "CA certificate $ca not found or not readable"
+  [[ -r "$key" ]] || die "PRIVATE_KEY '$key': not found or not readable (deploy/gen_node_keys.sh makes it)"
+  [[ -r "$ca" ]] || die "CA_CERT '$ca': not found or not readable (the federation's ca.crt)"
   args+=(--root-certificates "$ca" --auth-supernode-private-key "$key")
 fi
 echo "+ $supernode ${args[*]}" >&2

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 yaml = pytest.importorskip("yaml")  # PyYAML comes with flwr
+from flwr.common.config import parse_config_args  # noqa: E402  (how flower-supernode reads --node-config)
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -196,7 +197,7 @@ def test_flags_exist_in_flower_1_41_and_ports_agree(overlays: list[Path], help_f
         assert not set(node) & DEPRECATED
         assert node["--superlink"] == f"superlink:{port}"
         assert ("--insecure" in node) == (not tls), f"{name}: TLS setting differs from the SuperLink's"
-        config = {k: v.strip("'") for k, v in (item.split("=", 1) for item in node["--node-config"].split())}
+        config = parse_config_args([node["--node-config"]])
         assert set(config) <= set(NODE_KEYS) and "partition-id" not in config  # each node brings its own data
         assert config["data-format"] == "digits" and config["domain"] in DIGITS_DOMAINS
         assert int(config["capacity-layers"]) == CAPACITIES[name]
@@ -205,9 +206,47 @@ def test_flags_exist_in_flower_1_41_and_ports_agree(overlays: list[Path], help_f
             mounted = {_mount(v)[1] for v in services[name].get("volumes", [])}
             assert node["--root-certificates"] in mounted and node["--auth-supernode-private-key"] in mounted
             keys.add(node["--auth-supernode-private-key"])
-    assert len(domains) == 3  # one domain per node
+    assert domains == {"mnist", "printed", "usps"}  # one domain per node, no data mount needed
     if tls:
         assert len(keys) == 3, "every SuperNode needs its own key"
+
+
+def _imagefolder_variant(path: Path, out: Path) -> Path:
+    """Write ``path`` as a user following its comments would: the commented ``volumes:`` and
+    imagefolder node-config lines uncommented, the digits node-config lines removed."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if re.match(r"^\s*- data-format='digits'", line):
+            continue
+        lines.append(re.sub(r"^(\s*)# ((?:volumes: \[|- data-format='imagefolder').*)$", r"\1\2", line))
+    target = out / path.name
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+@pytest.mark.parametrize("overlays", [[], [OVERLAYS[0]], OVERLAYS], ids=["insecure", "tls", "tls+gpu"])
+def test_commented_imagefolder_example_gives_each_node_only_its_own_folder(overlays: list[Path], tmp_path: Path) -> None:
+    from client_app.node import NODE_KEYS
+
+    files = [_imagefolder_variant(p, tmp_path) for p in (BASE, *overlays)]
+    services = merged(*files)
+    assert "fedra-cache" in (load(files[0]).get("volumes") or {})
+    hosts = set()
+    for name in sorted(SERVICES - {"superlink"}):
+        node = _flags(services[name]["command"])
+        config = parse_config_args([node["--node-config"]])
+        assert set(config) <= set(NODE_KEYS), set(config) - set(NODE_KEYS)
+        assert config["data-format"] == "imagefolder" and int(config["capacity-layers"]) == CAPACITIES[name]
+        mounts = [_mount(v) + (v,) for v in services[name]["volumes"]]
+        data = [(src, spec) for src, target, spec in mounts if target == config["data-root"]]
+        assert len(data) == 1, f"{name}: data-root {config['data-root']} is not mounted"
+        src, spec = data[0]
+        assert spec.endswith(":ro"), f"{name}: the node's data must be mounted read-only ({spec})"
+        assert src.startswith("./data/"), f"{name}: a host folder of the node's own, not {src}"
+        hosts.add(src)
+        assert any(t == "/data/cache" for _, t, _ in mounts), f"{name}: the cache volume got lost"
+        assert not any(src != s and s.startswith("./data") for s, _, _ in mounts), f"{name}: mounts another node's data"
+    assert len(hosts) == 3, f"every SuperNode needs a folder of its own: {hosts}"
 
 
 def test_certificate_names_the_compose_service_and_loopback(generated: Path) -> None:
@@ -246,6 +285,87 @@ def test_scripts_reject_unknown_options_in_one_line(script: Path, tmp_path: Path
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith(f"{script.name}: error:"), run.stderr
+
+
+@pytest.fixture()
+def fake_supernode(tmp_path: Path) -> dict[str, str]:
+    """An environment whose PATH starts with a fake flower-supernode that prints its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "flower-supernode"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+
+def _start_supernode(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(DEPLOY / "start_supernode.sh"), *args], capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_start_supernode_passes_the_nodes_own_data(tmp_path: Path, fake_supernode: dict[str, str]) -> None:
+    site = tmp_path / "hospital-a"
+    (site / "train" / "cat").mkdir(parents=True)
+    key, ca = tmp_path / "key", tmp_path / "ca.crt"
+    key.write_text("k")
+    ca.write_text("c")
+    cases = {
+        ("--data-root", str(site), "--device", "cpu", "--threads", "2"):
+            {"data-format": "imagefolder", "data-root": str(site), "device": "cpu", "num-threads": 2},
+        ("--data-format", "imagefolder", "--data-root", str(site), "--domain", "Hospital A"):
+            {"data-format": "imagefolder", "data-root": str(site), "domain": "Hospital A"},
+        ("--data-format", "digits", "--domain", "usps"): {"data-format": "digits", "domain": "usps"},
+        ("--data-format", "nicopp", "--data-root", str(tmp_path), "--domain", "autumn"):
+            {"data-format": "nicopp", "data-root": str(tmp_path), "domain": "autumn"},
+        ("--data-format", "partition", "--partition-id", "0"): {"data-format": "partition", "partition-id": 0},
+    }
+    for options, expected in cases.items():
+        run = _start_supernode([*options, "fl.example.org:8000", "6", str(key), str(ca)], fake_supernode)
+        assert run.returncode == 0, run.stderr
+        argv = run.stdout.splitlines()
+        config = parse_config_args([argv[argv.index("--node-config") + 1]])
+        assert config == {**expected, "capacity-layers": 6}, options
+        assert argv[argv.index("--auth-supernode-private-key") + 1] == str(key)
+        assert argv[argv.index("--superlink") + 1] == "fl.example.org:8000" and "--insecure" not in argv
+    run = _start_supernode(["--insecure", "--data-format", "digits", "--domain", "mnist", "127.0.0.1:8000", "12"], fake_supernode)
+    assert run.returncode == 0 and "--insecure" in run.stdout.splitlines(), run.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        (["--data-format", "foo"], ["--data-format", "'foo'", "imagefolder", "digits"]),
+        ([], ["--data-root", "imagefolder"]),
+        (["--data-root", "/no/such/folder"], ["--data-root", "'/no/such/folder'"]),
+        (["--data-root", "{tmp}"], ["--data-root", "train/"]),
+        (["--data-format", "domainnet", "--data-root", "{tmp}"], ["--domain", "domainnet"]),
+        (["--data-format", "nicopp", "--domain", "autumn"], ["--data-root", "nicopp"]),
+        (["--data-format", "digits"], ["--domain", "mnist", "usps"]),
+        (["--data-format", "digits", "--domain", "svhn"], ["--domain", "'svhn'", "mnist"]),
+        (["--data-format", "partition"], ["--partition-id"]),
+        (["--data-format", "partition", "--partition-id", "x"], ["--partition-id", "'x'"]),
+        (["--data-format", "digits", "--domain", "usps", "--partition-id", "1"], ["--partition-id", "partition"]),
+        (["--data-format", "digits", "--domain", "it's"], ["--domain", "single quote"]),
+        (["--data-format", "digits", "--domain", "usps", "--device", "gpu"], ["--device", "'gpu'", "cuda:N"]),
+        (["--data-format", "digits", "--domain"], ["--domain", "needs a value"]),
+    ],
+)
+def test_start_supernode_rejects_bad_data_options_in_one_line(
+    options: list[str], names: list[str], tmp_path: Path, fake_supernode: dict[str, str]
+) -> None:
+    options = [o.replace("{tmp}", str(tmp_path)) for o in options]
+    run = _start_supernode([*options, "--insecure", "127.0.0.1:8000", "6"] if options[-1:] != ["--domain"] else options, fake_supernode)
+    assert run.returncode != 0 and not run.stdout, run.stdout
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("start_supernode.sh: error:"), run.stderr
+    for name in names:
+        assert name in errors[0], f"{name!r} not in {errors[0]!r}"
+
+
+def test_start_supernode_knows_the_digits_domains() -> None:
+    from fedra_core.data.digits import DIGITS_DOMAINS
+
+    listed = re.search(r'^DIGITS="([^"]+)"', (DEPLOY / "start_supernode.sh").read_text(), re.M)
+    assert listed and listed.group(1).split(", ") == list(DIGITS_DOMAINS)
 
 
 @pytest.mark.parametrize("script", ["start_superlink.sh", "start_supernode.sh"])

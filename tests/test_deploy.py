@@ -86,7 +86,8 @@ def federation(request, tmp_path_factory, run_config, site_folders) -> LocalFede
     """SuperLink (TLS + node auth) and the three SuperNodes, online; stopped by the finalizer."""
     fed = LocalFederation(tmp_path_factory.mktemp("deploy-work"))
     request.addfinalizer(fed.stop)  # registered before anything starts: covers a failing start
-    nodes = [NodeSpec(cap, data_format="imagefolder", data_root=str(site_folders[site]), name=site) for site, _, cap in SITES]
+    nodes = [NodeSpec(cap, data_format="imagefolder", data_root=str(site_folders[site]), domain=domain, name=site)
+             for site, domain, cap in SITES]
     fed.start(nodes, timeout=120)
     return fed
 
