@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,8 +111,9 @@ def create_skeleton(spec: BackboneSpec, device: str | torch.device = "meta") -> 
     return model
 
 
+@lru_cache(maxsize=16)
 def input_size(spec: BackboneSpec) -> int:
-    """Return the square input resolution (pixels) the backbone of ``spec`` expects."""
+    """Return the square input resolution (pixels) the backbone of ``spec`` expects (cached per process)."""
     model = create_skeleton(spec, device="meta")
     embed = getattr(model, "patch_embed", None) or model.stem
     return int(embed.img_size[0])
