@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedra_core.backbones import DEMO_PRESETS, BackboneSpec, cache_dir, create_skeleton, family_of, save_backbone
+from fedra_core.progress import progress_bar
 
 RECIPE_VERSION = "1"
 DEFAULT_STEPS: dict[str, int] = {"demo-vit": 1500, "demo-mixer": 2000}
@@ -69,18 +70,35 @@ def random_blocks(num_blocks: int, k: int, rng: np.random.Generator) -> list[int
 
 
 @torch.inference_mode()
-def _accuracy(model: nn.Module, dataset: TensorDataset, blocks: Sequence[int] | None, batch_size: int = 1000) -> float:
+def _accuracy(
+    model: nn.Module,
+    dataset: TensorDataset,
+    blocks: Sequence[int] | None,
+    batch_size: int = 1000,
+    done: Callable[[int], object] | None = None,
+) -> float:
     x, y = dataset.tensors[0], dataset.tensors[1]
     correct = 0
     for i in range(0, len(x), batch_size):
         correct += int((forward_blocks(model, x[i : i + batch_size], blocks).argmax(1) == y[i : i + batch_size]).sum())
+        if done is not None:
+            done(min(batch_size, len(x) - i))
     return correct / max(len(x), 1)
 
 
-def subset_accuracy(model: nn.Module, dataset: TensorDataset, k: int, draws: int, rng: np.random.Generator) -> float:
+def subset_accuracy(
+    model: nn.Module,
+    dataset: TensorDataset,
+    k: int,
+    draws: int,
+    rng: np.random.Generator,
+    *,
+    done: Callable[[int], object] | None = None,
+) -> float:
     """Mean top-1 accuracy on ``dataset`` of ``draws`` random k-of-N-block sub-models (no tuning, same head).
 
-    With ``k`` equal to the depth there is only one sub-model, so it is evaluated once.
+    With ``k`` equal to the depth there is only one sub-model, so it is evaluated once. ``done``, if given,
+    is called with the number of images after each evaluated batch (for a progress bar).
     """
     num_blocks = len(model.blocks)
     if draws < 1:
@@ -89,8 +107,10 @@ def subset_accuracy(model: nn.Module, dataset: TensorDataset, k: int, draws: int
     model.eval()
     try:
         if k == num_blocks:
-            return _accuracy(model, dataset, None)
-        return float(np.mean([_accuracy(model, dataset, random_blocks(num_blocks, k, rng)) for _ in range(draws)]))
+            return _accuracy(model, dataset, None, done=done)
+        return float(
+            np.mean([_accuracy(model, dataset, random_blocks(num_blocks, k, rng), done=done) for _ in range(draws)])
+        )
     finally:
         model.train(was_training)
 
@@ -189,32 +209,43 @@ def _train_and_report(
     perm = torch.randperm(len(x_all), generator=gen)
     cursor = 0
     model.train()
-    for step in range(steps):
-        if cursor + batch_size > len(perm):
-            perm, cursor = torch.randperm(len(x_all), generator=gen), 0
-        idx = perm[cursor : cursor + batch_size]
-        cursor += batch_size
-        # most batches run a random ordered subset of blocks, so that any FedRA sub-model still works
-        if rng.random() < FULL_DEPTH_FRACTION:
-            blocks = None
-        else:
-            blocks = random_blocks(num_blocks, int(rng.integers(MIN_BLOCKS, num_blocks + 1)), rng)
-        for group in opt.param_groups:
-            group["lr"] = _schedule(step, steps, lr, warmup)
-        logits = forward_blocks(model, _augment(x_all[idx], gen), blocks)
-        loss = F.cross_entropy(logits, y_all[idx], label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if verbose and (step % 100 == 0 or step == steps - 1):
-            print(f"step {step:5d}/{steps}  loss {loss.item():.3f}  {time.perf_counter() - t0:.0f} s", flush=True)
+    with progress_bar(steps, f"pre-training {name}", unit="step") as bar:
+        for step in range(steps):
+            if cursor + batch_size > len(perm):
+                perm, cursor = torch.randperm(len(x_all), generator=gen), 0
+            idx = perm[cursor : cursor + batch_size]
+            cursor += batch_size
+            # most batches run a random ordered subset of blocks, so that any FedRA sub-model still works
+            if rng.random() < FULL_DEPTH_FRACTION:
+                blocks = None
+            else:
+                blocks = random_blocks(num_blocks, int(rng.integers(MIN_BLOCKS, num_blocks + 1)), rng)
+            for group in opt.param_groups:
+                group["lr"] = _schedule(step, steps, lr, warmup)
+            logits = forward_blocks(model, _augment(x_all[idx], gen), blocks)
+            loss = F.cross_entropy(logits, y_all[idx], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            bar.update()
+            if step % 50 == 0:
+                bar.set_postfix_str(f"loss {loss.item():.3f}", refresh=False)
+            if verbose and (step % 100 == 0 or step == steps - 1):
+                line = f"step {step:5d}/{steps}  loss {loss.item():.3f}  {time.perf_counter() - t0:.0f} s"
+                with bar.external_write_mode():
+                    print(line, flush=True)
     train_seconds = time.perf_counter() - t0
 
     eval_rng = np.random.default_rng([seed, 2])
     figures: dict[str, float | int | str] = {}
-    for k in REPORT_KS:
-        figures[f"acc_k{k}"] = round(subset_accuracy(model, test, k, eval_draws, eval_rng), 4)
+    # the bar counts images weighted by the blocks they run through (k); the full depth is evaluated once
+    work = len(test) * sum(k * (1 if k == num_blocks else eval_draws) for k in REPORT_KS)
+    with progress_bar(work, f"evaluating {name} sub-models", weighted=True) as bar:
+        for k in REPORT_KS:
+            bar.set_postfix_str(f"k={k}", refresh=False)
+            acc = subset_accuracy(model, test, k, eval_draws, eval_rng, done=lambda n, k=k: bar.update(n * k))
+            figures[f"acc_k{k}"] = round(acc, 4)
     figures.update(
         name=name,
         seed=seed,

@@ -48,6 +48,7 @@ from safetensors.torch import save_file
 from torch.utils.data import TensorDataset
 
 from fedra_core.backbones import cache_dir
+from fedra_core.progress import progress_bar
 
 DIGITS_DOMAINS: tuple[str, ...] = ("mnist", "optdigits", "mnistm", "printed", "usps", "housenum")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -81,6 +82,8 @@ _HOUSENUM_FONTS = (
     "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
     "cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmti10.ttf",
 )
+# rough time to render one image of each domain (ms on one CPU core): weights of the build's progress bar only
+_RENDER_COST = {"mnist": 0.0, "optdigits": 0.1, "mnistm": 0.3, "printed": 2.2, "usps": 0.3, "housenum": 3.7}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,6 +395,23 @@ def _pick(
     return order[:n]
 
 
+def _in_chunks(
+    render: Callable[[np.ndarray], np.ndarray], items: np.ndarray, done: Callable[[int], object], size: int = 200
+) -> np.ndarray:
+    """Return ``render(items)`` computed ``size`` items at a time, calling ``done(n)`` after each chunk.
+
+    The renderers draw from their generator image by image, so the chunks consume the same draws in the same
+    order and the result is identical to one call.
+    """
+    if len(items) == 0:
+        return render(items)
+    parts = []
+    for i in range(0, len(items), size):
+        parts.append(render(items[i : i + size]))
+        done(len(parts[-1]))
+    return np.concatenate(parts)
+
+
 def _build_all(seed: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     t0 = time.perf_counter()
     mx_tr, my_tr, mx_te, my_te = _load_mnist()
@@ -419,32 +439,45 @@ def _build_all(seed: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     opt = {s: _load_optdigits(s) for s in SPLITS}
     opt_train_hashes = set(_row_hashes(opt["train"][0]).tolist())
 
-    makers: dict[str, Callable[[str, int, np.random.Generator], tuple[np.ndarray, np.ndarray]]] = {
-        "mnist": lambda s, n, r: (_gray_to_rgb(mnist_src["mnist"][s][0]), mnist_src["mnist"][s][1]),
-        "mnistm": lambda s, n, r: (_mnistm(mnist_src["mnistm"][s][0], mnistm_photos, r), mnist_src["mnistm"][s][1]),
-        "usps": lambda s, n, r: (_usps(mnist_src["usps"][s][0]), mnist_src["usps"][s][1]),
+    # a maker gets (split, n, generator, done) and calls done(k) each time it has rendered k more images
+    Done = Callable[[int], object]
+    makers: dict[str, Callable[[str, int, np.random.Generator, Done], tuple[np.ndarray, np.ndarray]]] = {
+        "mnist": lambda s, n, r, done: (_gray_to_rgb(mnist_src["mnist"][s][0]), mnist_src["mnist"][s][1]),
+        "mnistm": lambda s, n, r, done: (
+            _in_chunks(lambda part: _mnistm(part, mnistm_photos, r), mnist_src["mnistm"][s][0], done),
+            mnist_src["mnistm"][s][1],
+        ),
+        "usps": lambda s, n, r, done: (_in_chunks(_usps, mnist_src["usps"][s][0], done), mnist_src["usps"][s][1]),
     }
 
-    def optdigits(s: str, n: int, r: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def optdigits(s: str, n: int, r: np.random.Generator, done: Done) -> tuple[np.ndarray, np.ndarray]:
         counts, labels = opt[s]
         idx = _pick(np.arange(len(counts)), n, opt_train_hashes if s == "test" else None, counts, r)
-        return _optdigits(counts[idx]), labels[idx]
+        return _in_chunks(_optdigits, counts[idx], done), labels[idx]
 
-    def printed(s: str, n: int, r: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def printed(s: str, n: int, r: np.random.Generator, done: Done) -> tuple[np.ndarray, np.ndarray]:
         y = _balanced_labels(n, r)
-        return _printed(y, r), y
+        return _in_chunks(lambda part: _printed(part, r), y, done), y
 
-    def housenum(s: str, n: int, r: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def housenum(s: str, n: int, r: np.random.Generator, done: Done) -> tuple[np.ndarray, np.ndarray]:
         y = _balanced_labels(n, r)
-        return _housenum(y, housenum_photos, r), y
+        return _in_chunks(lambda part: _housenum(part, housenum_photos, r), y, done), y
 
     makers.update(optdigits=optdigits, printed=printed, housenum=housenum)
-    for d, dom in enumerate(DIGITS_DOMAINS):
-        for s, split in enumerate(SPLITS):
-            n = TRAIN_PER_DOMAIN if split == "train" else TEST_PER_DOMAIN
-            x, y = makers[dom](split, n, np.random.default_rng([seed, 1 + d, s]))
-            assert x.shape == (n, 3, 28, 28) and x.dtype == np.uint8, (dom, split, x.shape, x.dtype)
-            out[f"{dom}/{split}/x"], out[f"{dom}/{split}/y"] = x, y.astype(np.int64)
+    # the bar counts images weighted by their rendering cost, for a steady estimate of the time left
+    work = sum(_RENDER_COST[dom] for dom in DIGITS_DOMAINS) * (TRAIN_PER_DOMAIN + TEST_PER_DOMAIN)
+    with progress_bar(work, f"building the digits benchmark (seed {seed})", weighted=True) as bar:
+        for d, dom in enumerate(DIGITS_DOMAINS):
+            for s, split in enumerate(SPLITS):
+                bar.set_postfix_str(f"{dom}/{split}", refresh=False)
+                n = TRAIN_PER_DOMAIN if split == "train" else TEST_PER_DOMAIN
+
+                def done(k: int, cost: float = _RENDER_COST[dom]) -> None:
+                    bar.update(k * cost)
+
+                x, y = makers[dom](split, n, np.random.default_rng([seed, 1 + d, s]), done)
+                assert x.shape == (n, 3, 28, 28) and x.dtype == np.uint8, (dom, split, x.shape, x.dtype)
+                out[f"{dom}/{split}/x"], out[f"{dom}/{split}/y"] = x, y.astype(np.int64)
 
     # pre-training set: the reserved MNIST block, minus anything pixel-identical to a benchmark-pool image
     bench_hashes = train_hashes | set(_row_hashes(mx_te[bench_te]).tolist())
