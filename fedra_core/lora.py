@@ -8,6 +8,7 @@ prefix, so export is a renaming.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -105,6 +106,30 @@ def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) ->
             param.copy_(value.to(param.device, param.dtype))
 
 
+def backbone_recipe(backbone: Backbone) -> dict:
+    """Return what plain timm needs to rebuild the frozen model: ``timm_name`` (a registry name for
+    ``timm.create_model``) or, for demo presets and generic shapes, ``timm_class`` (the class in
+    ``timm.models``), with the full ``model_kwargs`` and ``num_classes``; the weights file's name, path
+    on this machine and sha256; the backbone's fingerprint and the project's backbone name."""
+    spec = backbone.spec
+    timm_name, family, kwargs = spec.constructor()
+    digest = hashlib.sha256()
+    with open(backbone.path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {
+        "name": spec.name,
+        "timm_name": timm_name,
+        "timm_class": None if timm_name else {"vit": "VisionTransformer", "mixer": "MlpMixer"}[family],
+        "model_kwargs": kwargs,
+        "num_classes": spec.num_classes,
+        "weights": Path(backbone.path).name,
+        "weights_path": str(backbone.path),
+        "weights_sha256": digest.hexdigest(),
+        "fingerprint": backbone.fingerprint,
+    }
+
+
 def export_peft_adapter(state: Mapping[str, torch.Tensor], backbone: Backbone, settings: LoraSettings, out_dir: Path) -> Path:
     """Write a global trainable state as a peft adapter folder loadable by ``PeftModel.from_pretrained``.
 
@@ -121,17 +146,5 @@ def export_peft_adapter(state: Mapping[str, torch.Tensor], backbone: Backbone, s
     config = settings.config(backbone.family, modules_to_save=list(SHARED_TRAINABLE))
     config.save_pretrained(str(out_dir))
     save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
-    spec = backbone.spec
-    (out_dir / "backbone.json").write_text(
-        json.dumps(
-            {
-                "name": spec.name,
-                "model_kwargs": spec.model_kwargs,
-                "num_classes": spec.num_classes,
-                "weights": str(backbone.path) if spec.weights not in ("hub", "default") else spec.weights,
-                "fingerprint": backbone.fingerprint,
-            },
-            indent=2,
-        )
-    )
+    (out_dir / "backbone.json").write_text(json.dumps(backbone_recipe(backbone), indent=2))
     return out_dir

@@ -118,8 +118,8 @@ from torch.utils.data import DataLoader, Subset
 from fedra_core.data.digits import digits_domain
 adapter = {str(run_dir / 'adapter')!r}
 meta = json.load(open(adapter + "/backbone.json"))
-model = timm.create_model("vit_tiny_patch16_224", num_classes=meta["num_classes"], **meta["model_kwargs"])
-model.load_state_dict(load_file(meta["weights"]), strict=False)
+model = getattr(timm.models, meta["timm_class"])(num_classes=meta["num_classes"], **meta["model_kwargs"])
+model.load_state_dict({{k: v for k, v in load_file(meta["weights_path"]).items() if not k.startswith("head.")}}, strict=False)
 model = PeftModel.from_pretrained(model, adapter).eval()
 acc = {{}}
 for d in ["mnist", "printed", "usps"]:

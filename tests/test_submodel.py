@@ -145,7 +145,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 meta = json.load(open({str(tmp_path / 'adapter' / 'backbone.json')!r}))
 model = timm.create_model("vit_tiny_patch16_224", num_classes=meta["num_classes"], **meta["model_kwargs"])
-print(model.load_state_dict(load_file(meta["weights"]), strict=False))
+print(model.load_state_dict(load_file(meta["weights_path"]), strict=False))
 model = PeftModel.from_pretrained(model, {str(tmp_path / 'adapter')!r}).eval()
 x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)
 with torch.no_grad():
