@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import timm
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -107,12 +108,18 @@ def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) ->
 
 
 def backbone_recipe(backbone: Backbone) -> dict:
-    """Return what plain timm needs to rebuild the frozen model: ``timm_name`` (a registry name for
-    ``timm.create_model``) or, for demo presets and generic shapes, ``timm_class`` (the class in
-    ``timm.models``), with the full ``model_kwargs`` and ``num_classes``; the weights file's name, path
-    on this machine and sha256; the backbone's fingerprint and the project's backbone name."""
+    """Return what plain timm needs to rebuild the frozen model (the content of ``backbone.json``).
+
+    ``timm_name`` (a registry name for ``timm.create_model``) or, for demo presets and generic shapes,
+    ``timm_class`` (the class in ``timm.models``; timm's registry entries do not accept every shape
+    override), with the full ``model_kwargs`` and ``num_classes``. ``weights`` is ``"hub"`` (with
+    ``pretrained`` true: timm downloads them) or the weights file's name; ``weights_path`` and
+    ``weights_sha256`` name the local file the server used and its sha256 (streamed). Also the
+    backbone's fingerprint, the project's backbone name and the timm version.
+    """
     spec = backbone.spec
     timm_name, family, kwargs = spec.constructor()
+    hub = timm_name is not None and spec.weights in ("hub", "default")
     digest = hashlib.sha256()
     with open(backbone.path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -123,10 +130,12 @@ def backbone_recipe(backbone: Backbone) -> dict:
         "timm_class": None if timm_name else {"vit": "VisionTransformer", "mixer": "MlpMixer"}[family],
         "model_kwargs": kwargs,
         "num_classes": spec.num_classes,
-        "weights": Path(backbone.path).name,
+        "pretrained": hub,
+        "weights": "hub" if hub else Path(backbone.path).name,
         "weights_path": str(backbone.path),
         "weights_sha256": digest.hexdigest(),
         "fingerprint": backbone.fingerprint,
+        "timm_version": timm.__version__,
     }
 
 
