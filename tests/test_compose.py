@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-yaml = pytest.importorskip("yaml")  # PyYAML comes with flwr
-from flwr.common.config import parse_config_args  # noqa: E402  (how flower-supernode reads --node-config)
+import yaml  # PyYAML comes with flwr
+from flwr.common.config import parse_config_args  # how flower-supernode reads --node-config
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -103,8 +103,8 @@ def help_flags() -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     """A folder laid out like deploy/: certs/ from gen_certs.sh and keys/ from gen_node_keys.sh."""
-    if shutil.which("openssl") is None or shutil.which("ssh-keygen") is None:
-        pytest.skip("needs openssl and ssh-keygen")
+    missing = [tool for tool in ("openssl", "ssh-keygen") if shutil.which(tool) is None]
+    assert not missing, f"the deployment scripts need {missing} on PATH (Debian: apt-get install openssl openssh-client)"
     root = tmp_path_factory.mktemp("generated")
     for cmd in (["gen_certs.sh", "-o", str(root / "certs")], ["gen_node_keys.sh", "-o", str(root / "keys")]):
         run = subprocess.run(["bash", str(DEPLOY / cmd[0]), *cmd[1:]], capture_output=True, text=True, timeout=120)

@@ -32,8 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # deploy/ is not installed: import it from the checkout
     sys.path.insert(0, str(REPO))
 
-if shutil.which("openssl") is None or shutil.which("ssh-keygen") is None:
-    pytest.skip("the deployment test needs openssl and ssh-keygen", allow_module_level=True)
+MISSING_TOOLS = [tool for tool in ("openssl", "ssh-keygen") if shutil.which(tool) is None]
 
 from deploy.launch_local import LocalFederation, NodeSpec  # noqa: E402
 
@@ -84,6 +83,7 @@ def run_config(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def federation(request, tmp_path_factory, run_config, site_folders) -> LocalFederation:
     """SuperLink (TLS + node auth) and the three SuperNodes, online; stopped by the finalizer."""
+    assert not MISSING_TOOLS, f"the deployment test needs {MISSING_TOOLS} on PATH (Debian: apt-get install openssl openssh-client)"
     fed = LocalFederation(tmp_path_factory.mktemp("deploy-work"))
     request.addfinalizer(fed.stop)  # registered before anything starts: covers a failing start
     nodes = [NodeSpec(cap, data_format="imagefolder", data_root=str(site_folders[site]), domain=domain, name=site)
