@@ -9,6 +9,7 @@ replace or drop replies to play a failing or cheating node):
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -81,12 +82,26 @@ class InProcessGrid(Grid):
         return replies
 
 
+def load_component(kind: str) -> ClientApp:
+    """Import the app component ``kind`` (``clientapp``, ``serverapp``) that ``pyproject.toml`` names in
+    ``[tool.flwr.app.components]``, as ``flwr run`` does; the server package imports no client code."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+        ref = tomllib.load(f)["tool"]["flwr"]["app"]["components"][kind]
+    module, attribute = ref.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def run_local(run_config: dict, num_nodes: int, intercept=None) -> Path:
     """Run the app's federation in process with ``num_nodes`` nodes (partition ids 0..n-1); return the run folder."""
-    from client_app.app import app as client_app
     from server_app.app import run_federation, setup_logging
 
     setup_logging()
+    client_app = load_component("clientapp")
     nodes = {1000 + i: {"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)}
     return run_federation(InProcessGrid(client_app, nodes, run_config, intercept), run_config)
 
