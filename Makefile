@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 demo: venv
-	$(BIN)/python -m server_app.simulate --demo
+	$(BIN)/python -m runners.simulate --demo
 
 test: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
@@ -30,10 +30,10 @@ test-fast: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 data: venv
-	$(BIN)/python -m fedra_core.data.digits
+	$(BIN)/python -m fedra_core.demo.digits
 
 backbone: venv
-	$(BIN)/python -m fedra_core.demo_backbone --name demo-vit
+	$(BIN)/python -m fedra_core.demo.backbone --name demo-vit
 
 # Benchmarks (docs/RESULTS.md): each prints its tables and writes bench/results/<name>.json.
 bench: bench-wire bench-memory bench-aggregation bench-overhead

@@ -1,7 +1,7 @@
 """Accuracy benchmark on the offline digits benchmark: FedRA against ALLlarge, ALLsmall, InclusiveFL
 and DepthFL, in three heterogeneity settings, with rich clients on the easy or on the hard domains.
 
-Every run goes through the real ServerApp and ClientApp logic in one process (``server_app.local``,
+Every run goes through the real ServerApp and ClientApp logic in one process (``runners.local``,
 no Ray), several runs in parallel worker processes. Finished runs are reused, so the command can be
 stopped and started again. Prints a table per setting (mean and spread over seeds of the per-domain
 and average top-1 of the final global model, with the untuned round-0 model as a row) and writes
@@ -69,10 +69,10 @@ def _run_one(cfg: dict, nodes: int) -> Path:
     run_dir = Path(cfg["output-dir"]) / cfg["run-name"]
     if (run_dir / "summary.md").is_file():
         return run_dir
-    from server_app.simulate import format_run_config
+    from runners.simulate import format_run_config
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "server_app.local", "--num-nodes", str(nodes), "--run-config", format_run_config(cfg)]
+    cmd = [sys.executable, "-m", "runners.local", "--num-nodes", str(nodes), "--run-config", format_run_config(cfg)]
     start = time.perf_counter()
     log = run_dir.parent / f"{cfg['run-name']}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"num-server-rounds": args.rounds, "lr": args.lr}
     suffix = variant_suffix(overrides)
 
-    from fedra_core.data.digits import DIGITS_DOMAINS
+    from fedra_core.demo.digits import DIGITS_DOMAINS
 
     domains = tuple(DIGITS_DOMAINS)
     out = Path(args.out)

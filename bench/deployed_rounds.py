@@ -55,7 +55,7 @@ def run_deployed(run_config: dict[str, Any], work: Path) -> Path:
 
 def run_simulated(run_config: dict[str, Any], work: Path) -> Path:
     """Run the rounds on Flower's simulation engine; return the run folder."""
-    from server_app.simulate import run_simulation
+    from runners.simulate import run_simulation
 
     config = {**run_config, "run-name": "simulated", "output-dir": str(work)}
     code = run_simulation(config, len(DOMAINS), timeout=3600)

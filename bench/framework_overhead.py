@@ -5,10 +5,10 @@
   ``aggregate_fedra``, evaluation of the full global model on every domain (the server does the
   same every round). Seeds, allocations, data and settings are those of the apps, so the accuracy
   must come out the same as the apps' (checked and reported).
-* ``local``: ``python -m server_app.local``: the real ServerApp logic and ClientApp in one process,
+* ``local``: ``python -m runners.local``: the real ServerApp logic and ClientApp in one process,
   messages delivered by function call (Flower records, validation, checkpoint, outputs; no Ray,
   no network).
-* ``simulation``: ``python -m server_app.simulate``: a SuperLink, ``flwr run``, Flower's simulation
+* ``simulation``: ``python -m runners.simulate``: a SuperLink, ``flwr run``, Flower's simulation
   engine with Ray, ClientApps in Ray actors.
 
 The config is the test suite's tiny run (``tests/app_helpers.py`` TINY_RUN, copied here): a 12-block
@@ -173,7 +173,7 @@ def run_path(name: str, command: list[str], run_dir: Path, env: dict[str, str], 
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        # SIGINT first: server_app.simulate stops the SuperLink it started on Ctrl-C (its finally block)
+        # SIGINT first: runners.simulate stops the SuperLink it started on Ctrl-C (its finally block)
         os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=60)
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     host = machine()
 
-    from server_app.simulate import format_run_config, prepare_assets
+    from runners.simulate import format_run_config, prepare_assets
 
     work = Path(tempfile.mkdtemp(prefix="fedra-bench-overhead-"))
     run_config = {**TINY_RUN, "num-server-rounds": args.rounds}
@@ -313,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             if name == "plain":
                 command = [py, "-m", "bench.framework_overhead", "--plain-worker", str(run_dir), "--run-config-json", json.dumps(cfg)]
             elif name == "local":
-                command = [py, "-m", "server_app.local", "--num-nodes", str(NUM_NODES), "--run-config", format_run_config(cfg)]
+                command = [py, "-m", "runners.local", "--num-nodes", str(NUM_NODES), "--run-config", format_run_config(cfg)]
             elif name == "simulation":
                 sim_cfg = {k: v for k, v in cfg.items() if k != "output-dir"}
-                command = [py, "-m", "server_app.simulate", "--num-supernodes", str(NUM_NODES), "--cpus-per-client",
+                command = [py, "-m", "runners.simulate", "--num-supernodes", str(NUM_NODES), "--cpus-per-client",
                            str(args.cpus_per_client), "--output-dir", str(out_dir), "--run-config", format_run_config(sim_cfg)]
             else:
                 raise SystemExit(f"unknown path {name!r}: use plain, local, simulation")
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results[name] = run_path(name, command, run_dir, env, args.timeout)
             finally:
-                # server_app.simulate makes a private FLWR_HOME with mkdtemp and leaves it behind: remove ours
+                # runners.simulate makes a private FLWR_HOME with mkdtemp and leaves it behind: remove ours
                 for home in set(Path(tempfile.gettempdir()).glob("fedra-flwr-home-*")) - homes_before:
                     if not args.keep:
                         shutil.rmtree(home, ignore_errors=True)

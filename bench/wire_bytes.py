@@ -161,7 +161,7 @@ def measure_model(model_name: str, capacities: list[int], rank: int, num_classes
                            "frozen_params_per_block": counts.per_block[0], "embedding_params": counts.embedding,
                            "num_trainable_keys": len(initial), "variants": {}}
     # Messages take their run and task ids from Flower's TaskIdentity, which a ServerApp process sets;
-    # set it here the way server_app.local does (small integers: the metadata bytes barely change).
+    # set it here the way runners.local does (small integers: the metadata bytes barely change).
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1

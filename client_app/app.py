@@ -53,7 +53,9 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Build the sub-model of the received blocks from the local backbone, load the received LoRA
     state, train it and reply with the trained state, example count, loss and current capacity."""
-    from fedra_core import build_trainable_model, load_trainable_state, train_local, trainable_state
+    from fedra_core.lora import load_trainable_state, trainable_state
+    from fedra_core.trainable import build_trainable_model
+    from fedra_core.training import train_local
 
     clock = _stopwatch()
     node = NodeRuntime.from_context(context)
@@ -63,11 +65,17 @@ def train(msg: Message, context: Context) -> Message:
     train_data = node.data.train
     clock.lap("data")
     blocks = [int(b) for b in config["blocks"]]
-    model = build_trainable_model(node.backbone, blocks, node.cfg.lora(), node.cfg.method_settings(), str(node.device))
+    method, family = node.method, node.backbone.family
+    model = build_trainable_model(node.backbone, blocks, node.cfg.lora(), method, str(node.device))
     load_trainable_state(model, msg.content["arrays"].to_torch_state_dict())
     server_round = int(config["server-round"])
     seed = (int(config["seed"]) * 1_000_003 + server_round * 10_007 + node.seed_offset) % 2**63
-    result = train_local(model, train_data, node.cfg.train_settings(float(config["distill-weight"])), node.device, seed=seed)
+    round_config = dict(config)
+
+    def loss_fn(model, inputs, labels):
+        return method.loss(model, family, inputs, labels, round_config)
+
+    result = train_local(model, train_data, node.cfg.train_settings(), node.device, seed=seed, loss_fn=loss_fn)
     state = {k: v.to("cpu") for k, v in trainable_state(model).items()}
     clock.lap("train")
     metrics = MetricRecord(
@@ -97,7 +105,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     clock.lap("data")
     cfg = node.cfg
     result = evaluate_global_model(
-        node.backbone, msg.content["arrays"].to_torch_state_dict(), cfg.lora(), cfg.method_settings(), test,
+        node.backbone, msg.content["arrays"].to_torch_state_dict(), cfg.lora(), node.method, test,
         node.capacity, cfg.eval_batch_size, node.device, cfg.bf16,
     )
     clock.lap("evaluate")

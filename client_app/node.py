@@ -9,10 +9,11 @@ from functools import cached_property, lru_cache
 import torch
 from flwr.app import Context
 
-from fedra_core import Backbone, resolve_backbone
-from fedra_core.backbones import BackboneSpec, input_size
+import fedra_core.demo  # noqa: F401  (registers the demo backbones the default config names)
+from fedra_core.backbones import Backbone, BackboneSpec, input_size, resolve_backbone
 from fedra_core.data.federation import client_shards, domains_of
 from fedra_core.data.node_data import DATA_FORMATS, NodeData, NodeDataError, NodeDataSpec, load_node_data
+from fedra_core.methods import Method
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 
 NODE_KEYS = (
@@ -90,6 +91,11 @@ class NodeRuntime:
         if not 1 <= self.capacity <= backbone.num_layers:
             raise ConfigError(f"node-config 'capacity-layers' = {self.capacity}: must lie in 1..{backbone.num_layers}")
         return backbone
+
+    @cached_property
+    def method(self) -> Method:
+        """The run's method (what the node's training loss and model extensions are)."""
+        return self.cfg.build_method()
 
     @cached_property
     def data(self) -> NodeData:

@@ -41,7 +41,7 @@ from pathlib import Path
 import psutil
 from flwr.common.config import parse_config_args
 
-from server_app.simulate import format_run_config, free_port, prepare_assets, stop_process, wait_for_port
+from runners.simulate import format_run_config, free_port, prepare_assets, stop_process, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

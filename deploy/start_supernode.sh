@@ -47,7 +47,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 die() { echo "start_supernode.sh: error: $*" >&2; exit 1; }
 
 FORMATS="imagefolder, domainnet, nicopp, digits or partition"
-DIGITS="mnist, optdigits, mnistm, printed, usps, housenum"   # fedra_core.data.digits.DIGITS_DOMAINS
+DIGITS="mnist, optdigits, mnistm, printed, usps, housenum"   # fedra_core.demo.digits.DIGITS_DOMAINS
 
 insecure=0 port=9094 data_format="imagefolder" data_root="" domain="" partition="" device="" weights="" threads=""
 pos=()

@@ -1,12 +1,13 @@
-"""Block allocation: which of the model's L blocks each client holds this round."""
+"""Block allocation: which of the model's L blocks each client holds this round.
+
+An allocation is a bool matrix (clients x blocks). Each method draws its own with one of these.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-
-POLICIES = ("random", "random-cover", "prefix", "full")
 
 
 def validate_capacities(capacities: Sequence[int], num_layers: int) -> list[int]:
@@ -25,41 +26,36 @@ def validate_capacities(capacities: Sequence[int], num_layers: int) -> list[int]
     return [int(k) for k in caps]
 
 
-def sample_allocation(
-    capacities: Sequence[int],
-    num_layers: int,
-    rng: np.random.Generator,
-    policy: str = "random",
-) -> np.ndarray:
-    """Draw an allocation matrix.
+def random_allocation(capacities: Sequence[int], num_layers: int, rng: np.random.Generator, cover: bool = False) -> np.ndarray:
+    """FedRA's draw: row i holds capacities[i] blocks drawn uniformly without replacement.
 
-    Takes one capacity per client (how many blocks it can hold), the model depth L, a numpy
-    generator and a policy:
-
-    - ``random``: FedRA; row i holds capacities[i] blocks drawn uniformly without replacement.
-    - ``random-cover``: like ``random`` but every block is held by at least one client whenever
-      sum(capacities) >= L (and, when it is smaller, no block is held twice).
-    - ``prefix``: row i holds blocks 0..k_i-1 (depth-based baselines).
-    - ``full``: every client holds every block (capacities are only validated).
-
-    Returns a bool array of shape (len(capacities), num_layers). Raises ValueError on a capacity
-    outside 1..L, no clients or an unknown policy.
+    With ``cover`` every block is held by at least one client whenever sum(capacities) >= L (and,
+    when it is smaller, no block is held twice); each row stays uniform over blocks. Returns the
+    bool matrix; ValueError on a capacity outside 1..L or no clients.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown allocation policy {policy!r}: allowed {list(POLICIES)}")
     caps = validate_capacities(capacities, num_layers)
     alloc = np.zeros((len(caps), num_layers), dtype=bool)
-    if policy == "full":
-        alloc[:] = True
-    elif policy == "prefix":
-        for i, k in enumerate(caps):
-            alloc[i, :k] = True
-    elif policy == "random":
+    if cover:
+        _cover(alloc, caps, rng)
+    else:
         for i, k in enumerate(caps):
             alloc[i, rng.choice(num_layers, size=k, replace=False)] = True
-    else:
-        _cover(alloc, caps, rng)
     return alloc
+
+
+def prefix_allocation(capacities: Sequence[int], num_layers: int) -> np.ndarray:
+    """Row i holds blocks 0..capacities[i]-1 (the depth-based baselines); returns the bool matrix."""
+    caps = validate_capacities(capacities, num_layers)
+    alloc = np.zeros((len(caps), num_layers), dtype=bool)
+    for i, k in enumerate(caps):
+        alloc[i, :k] = True
+    return alloc
+
+
+def full_allocation(capacities: Sequence[int], num_layers: int) -> np.ndarray:
+    """Every client holds every block (capacities are only validated); returns the bool matrix."""
+    caps = validate_capacities(capacities, num_layers)
+    return np.ones((len(caps), num_layers), dtype=bool)
 
 
 def _cover(alloc: np.ndarray, caps: list[int], rng: np.random.Generator) -> None:

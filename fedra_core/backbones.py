@@ -1,10 +1,11 @@
-"""Backbones: which timm model to build, where its frozen weights live, and their fingerprint.
+"""Backbones: which model to build, where its frozen weights live, and their fingerprint.
 
-A backbone is described by a :class:`BackboneSpec` (a timm model name or a demo preset, optional
-constructor overrides, a weights source). :func:`resolve_backbone` turns it into a
-:class:`Backbone`: a local safetensors file holding the frozen weights, the fingerprint of those
-weights and the model family. Every later step (sub-models, evaluation, export) reads weights from
-that file only, so the hub, a user's checkpoint and the demo backbones all take the same path.
+A backbone is described by a :class:`BackboneSpec` (a timm model name, a registered preset or a
+family name with constructor arguments, and a weights source). :func:`resolve_backbone` turns it into
+a :class:`Backbone`: a local safetensors file holding the frozen weights, the fingerprint of those
+weights and the model family object. Every later step (sub-models, evaluation, export) reads
+weights from that file only, so the hub, a user's checkpoint and the demo backbones all take the
+same path. What differs between architectures is behind :mod:`fedra_core.families`.
 """
 
 from __future__ import annotations
@@ -12,52 +13,49 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import timm
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from timm.models.mlp_mixer import MlpMixer
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-Family = Literal["vit", "mixer"]
+from fedra_core.cache import cache_dir
+from fedra_core.families import FAMILIES, ModelFamily, family_named, family_of
 
-# Small 12-block backbones for the offline demo: 28x28 RGB input, 7x7 patches (16 tokens).
-DEMO_PRESETS: dict[str, tuple[Family, dict[str, Any]]] = {
-    "demo-vit": (
-        "vit",
-        dict(img_size=28, patch_size=7, in_chans=3, embed_dim=96, depth=12, num_heads=3, mlp_ratio=4.0),
-    ),
-    "demo-mixer": (
-        "mixer",
-        dict(img_size=28, patch_size=7, in_chans=3, embed_dim=96, num_blocks=12, mlp_ratio=(0.5, 4.0)),
-    ),
-}
-# Generic constructors: "vit" / "mixer" plus constructor arguments give any ViT / Mixer shape.
-GENERIC_FAMILIES: dict[str, Family] = {"vit": "vit", "mixer": "mixer"}
-
-HEAD_PREFIX = "head."
 FINGERPRINT_KEY = "fedra_fingerprint"
 
 
-def cache_dir() -> Path:
-    """Return the project's cache folder (``$FEDRA_CACHE`` or ``~/.cache/fedra``), created if needed."""
-    root = Path(os.environ.get("FEDRA_CACHE", Path.home() / ".cache" / "fedra")).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+@dataclass(frozen=True)
+class Preset:
+    """A named backbone shape: its family, constructor arguments and, optionally, a function that
+    returns (building it on first use) the local file of its default weights."""
+
+    family: str
+    kwargs: dict[str, Any]
+    weights: Callable[[str], Path] | None = None
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(name: str, preset: Preset) -> None:
+    """Make ``name`` usable as a backbone (e.g. the offline demo's ``demo-vit``)."""
+    PRESETS[name] = preset
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     """What backbone to use.
 
-    name: a timm model name (``vit_base_patch16_224``, ``mixer_b16_224``, ...), a demo preset
-        (``demo-vit``, ``demo-mixer``) or a generic family (``vit``, ``mixer``) built from ``model_kwargs``.
+    name: a timm model name (``vit_base_patch16_224``, ``mixer_b16_224``, ...), a registered preset
+        (the demo's ``demo-vit``, ``demo-mixer``), a family name (``vit``, ``mixer``, ...) built from
+        ``model_kwargs``, or a family's own form (``hf:/path/to/model`` for a transformers encoder).
     model_kwargs: constructor overrides passed to timm (``depth``, ``embed_dim``, ``img_size``, ...).
     weights: ``"default"`` (hub weights for timm names, the cached pre-trained file for demo presets),
         ``"hub"``, ``"random"`` (seeded initialisation, for tests and benchmarks) or a path to a
@@ -75,19 +73,30 @@ class BackboneSpec:
     def __hash__(self) -> int:  # model_kwargs is a dict: hash its canonical JSON form
         return hash((self.name, json.dumps(self.model_kwargs, sort_keys=True), self.weights, self.num_classes, self.seed))
 
-    def constructor(self) -> tuple[str | None, Family | None, dict[str, Any]]:
-        """Return (timm name or None, family for direct construction or None, kwargs)."""
-        if self.name in DEMO_PRESETS:
-            family, kwargs = DEMO_PRESETS[self.name]
-            return None, family, {**kwargs, **self.model_kwargs}
-        if self.name in GENERIC_FAMILIES:
-            return None, GENERIC_FAMILIES[self.name], dict(self.model_kwargs)
-        if self.name not in timm.list_models():
-            raise ValueError(
-                f"unknown backbone {self.name!r}: use a timm ViT/Mixer name (e.g. vit_base_patch16_224, "
-                f"mixer_b16_224), one of {sorted(DEMO_PRESETS)} or {sorted(GENERIC_FAMILIES)} with model_kwargs"
-            )
-        return self.name, None, dict(self.model_kwargs)
+    def constructor(self) -> tuple[str | None, ModelFamily, dict[str, Any]]:
+        """Return (the family's registry name or None, the family, constructor kwargs)."""
+        if self.name in PRESETS:
+            preset = PRESETS[self.name]
+            return None, family_named(preset.family), {**preset.kwargs, **self.model_kwargs}
+        if self.name in FAMILIES:
+            return None, FAMILIES[self.name], dict(self.model_kwargs)
+        for family in FAMILIES.values():
+            registry_name = family.parse_name(self.name)
+            if registry_name is not None:
+                return registry_name, family, dict(self.model_kwargs)
+        if self.name in timm.list_models():
+            return self.name, _timm_family(self.name), dict(self.model_kwargs)
+        raise ValueError(
+            f"unknown backbone {self.name!r}: use a timm ViT/Mixer name (e.g. vit_base_patch16_224, "
+            f"mixer_b16_224), 'hf:/path/to/model' for a transformers encoder, one of {sorted(PRESETS)} or a "
+            f"family {sorted(FAMILIES)} with model_kwargs"
+        )
+
+
+@lru_cache(maxsize=64)
+def _timm_family(name: str) -> ModelFamily:
+    with torch.device("meta"):
+        return family_of(timm.create_model(name, pretrained=False))
 
 
 def create_skeleton(spec: BackboneSpec, device: str | torch.device = "meta") -> nn.Module:
@@ -96,41 +105,32 @@ def create_skeleton(spec: BackboneSpec, device: str | torch.device = "meta") -> 
     On the ``meta`` device no memory is allocated: callers replace ``blocks`` and materialise only
     what they need.
     """
-    timm_name, family, kwargs = spec.constructor()
+    registry_name, family, kwargs = spec.constructor()
     try:
         with torch.device(device):
-            if timm_name is not None:
-                model = timm.create_model(timm_name, pretrained=False, num_classes=spec.num_classes, **kwargs)
-            elif family == "vit":
-                model = VisionTransformer(num_classes=spec.num_classes, **kwargs)
-            else:
-                model = MlpMixer(num_classes=spec.num_classes, **kwargs)
+            model = family.create(kwargs, spec.num_classes, registry_name)
     except TypeError as exc:
         raise ValueError(f"backbone {spec.name!r} does not accept model_kwargs {kwargs}: {exc}") from None
-    family_of(model)  # rejects anything that is not a ViT or Mixer
+    family_of(model)  # a registry name of another architecture is refused here
     return model
 
 
 @lru_cache(maxsize=16)
 def input_size(spec: BackboneSpec) -> int:
-    """Return the square input resolution (pixels) the backbone of ``spec`` expects (cached per process)."""
+    """Return the square input resolution (pixels) the backbone of ``spec`` expects, 0 for text (cached)."""
     model = create_skeleton(spec, device="meta")
-    embed = getattr(model, "patch_embed", None) or model.stem
-    return int(embed.img_size[0])
+    return family_of(model).input_size(model)
 
 
-def family_of(model: nn.Module) -> Family:
-    """Return ``"vit"`` or ``"mixer"`` for a timm model; raise ValueError for any other architecture."""
-    if isinstance(model, VisionTransformer):
-        return "vit"
-    if isinstance(model, MlpMixer):
-        return "mixer"
-    raise ValueError(f"unsupported architecture {type(model).__name__}: FedRA here supports timm ViT and MLP-Mixer")
+def head_prefix(spec: BackboneSpec) -> str:
+    """Return the state-key prefix of the classifier head of ``spec``'s family."""
+    return spec.constructor()[1].head_prefix
 
 
 def frozen_keys(model: nn.Module) -> list[str]:
     """Return the sorted state-dict keys of ``model`` that belong to the frozen backbone (all but the head)."""
-    return sorted(k for k in model.state_dict() if not k.startswith(HEAD_PREFIX))
+    prefix = family_of(model).head_prefix
+    return sorted(k for k in model.state_dict() if not k.startswith(prefix))
 
 
 def fingerprint_file(path: Path, keys: list[str]) -> str:
@@ -162,9 +162,12 @@ def fingerprint_file(path: Path, keys: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def save_backbone(state: dict[str, torch.Tensor], path: Path, extra_metadata: dict[str, str] | None = None) -> str:
-    """Write the frozen (non-head) tensors of ``state`` to ``path`` atomically; return their fingerprint."""
-    frozen = {k: v.detach().contiguous().cpu() for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+def save_backbone(
+    state: dict[str, torch.Tensor], path: Path, extra_metadata: dict[str, str] | None = None, head: str = "head."
+) -> str:
+    """Write the frozen tensors of ``state`` (all but those under ``head``) to ``path`` atomically;
+    return their fingerprint."""
+    frozen = {k: v.detach().contiguous().cpu() for k, v in state.items() if not k.startswith(head)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # writers racing on one cache each use their own
     save_file(frozen, str(tmp), metadata=dict(extra_metadata or {}))
@@ -181,7 +184,7 @@ class Backbone:
     spec: BackboneSpec
     path: Path
     fingerprint: str
-    family: Family
+    family: ModelFamily
     num_layers: int
     embed_dim: int
 
@@ -208,21 +211,20 @@ def resolve_backbone(spec: BackboneSpec) -> Backbone:
         path=path,
         fingerprint=_FINGERPRINTS[cache_key],
         family=family_of(skeleton),
-        num_layers=len(skeleton.blocks),
-        embed_dim=int(skeleton.embed_dim),
+        num_layers=family_of(skeleton).num_blocks(skeleton),
+        embed_dim=family_of(skeleton).width(skeleton),
     )
 
 
 def _weights_file(spec: BackboneSpec, skeleton: nn.Module) -> Path:
     weights = spec.weights
+    preset = PRESETS.get(spec.name)
     if weights == "default":
-        weights = "demo" if spec.name in DEMO_PRESETS else "hub"
-    if weights == "demo":
-        if spec.name not in DEMO_PRESETS or spec.model_kwargs:
-            raise ValueError(f"weights='demo' needs an unmodified demo preset {sorted(DEMO_PRESETS)}, got {spec.name!r}")
-        from fedra_core.demo_backbone import demo_backbone_file  # builds on first use
-
-        return demo_backbone_file(spec.name)
+        weights = "preset" if preset is not None and preset.weights is not None else "hub"
+    if weights == "preset":
+        if preset is None or preset.weights is None or spec.model_kwargs:
+            raise ValueError(f"weights 'default' of a preset needs an unmodified preset with weights, got {spec.name!r}")
+        return preset.weights(spec.name)
     if weights == "random":
         return _random_weights_file(spec, skeleton)
     if weights == "hub":
@@ -245,29 +247,33 @@ def _random_weights_file(spec: BackboneSpec, skeleton: nn.Module) -> Path:
     if not path.is_file():
         torch.manual_seed(spec.seed)
         model = create_skeleton(spec, device="cpu")
-        save_backbone(model.state_dict(), path, {"source": f"random seed {spec.seed}"})
+        save_backbone(model.state_dict(), path, {"source": f"random seed {spec.seed}"}, head_prefix(spec))
     return path
 
 
 def _hub_weights_file(spec: BackboneSpec) -> Path:
-    timm_name, _, kwargs = spec.constructor()
-    if timm_name is None:
+    registry_name, family, kwargs = spec.constructor()
+    local = family.local_weights(registry_name)
+    if local is not None:
+        return local
+    if registry_name is None:
         raise ValueError(f"weights='hub' needs a timm model name, got {spec.name!r}")
-    path = cache_dir() / "backbones" / f"hub-{timm_name}-{_config_tag(spec)}.safetensors"
+    path = cache_dir() / "backbones" / f"hub-{registry_name}-{_config_tag(spec)}.safetensors"
     if not path.is_file():
         try:
-            model = timm.create_model(timm_name, pretrained=True, num_classes=0, **kwargs)
+            model = timm.create_model(registry_name, pretrained=True, num_classes=0, **kwargs)
         except Exception as exc:  # network errors come in many types
             raise ValueError(
-                f"could not download pre-trained weights for {timm_name!r} ({exc.__class__.__name__}: {exc}); "
+                f"could not download pre-trained weights for {registry_name!r} ({exc.__class__.__name__}: {exc}); "
                 "pass a local .safetensors file as weights instead"
             ) from exc
-        save_backbone(model.state_dict(), path, {"source": f"timm hub {timm_name}"})
+        save_backbone(model.state_dict(), path, {"source": f"timm hub {registry_name}"})
     return path
 
 
 def _check_shapes(path: Path, skeleton: nn.Module) -> None:
-    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if not k.startswith(HEAD_PREFIX)}
+    prefix = family_of(skeleton).head_prefix
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if not k.startswith(prefix)}
     with safe_open(str(path), framework="pt") as f:
         available = set(f.keys())
         for key, shape in expected.items():

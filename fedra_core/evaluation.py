@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedra_core.backbones import Backbone
 from fedra_core.lora import LoraSettings, load_trainable_state, trainable_state
-from fedra_core.methods import MethodSettings, build_trainable_model
-from fedra_core.submodel import embed_tokens
+from fedra_core.methods import Method
+from fedra_core.trainable import build_trainable_model
 from fedra_core.training import EvalResult, autocast, evaluate
 
 CHUNK_BATCHES = 8  # test batches that go through one group before the next group is read
@@ -35,7 +35,7 @@ def block_groups(num_layers: int, capacity: int) -> list[list[int]]:
 
 def model_with_state(
     backbone: Backbone, blocks: Sequence[int], state: Mapping[str, torch.Tensor], lora: LoraSettings,
-    method: MethodSettings, device: str | torch.device = "cpu",
+    method: Method, device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Build the sub-model of ``blocks`` and load its part of the global trainable ``state``; return it."""
     model = build_trainable_model(backbone, blocks, lora, method, str(device))
@@ -52,7 +52,7 @@ def evaluate_global_model(
     backbone: Backbone,
     state: Mapping[str, torch.Tensor],
     lora: LoraSettings,
-    method: MethodSettings,
+    method: Method,
     dataset: Dataset,
     capacity: int,
     batch_size: int = 256,
@@ -62,6 +62,7 @@ def evaluate_global_model(
     """Return accuracy, mean loss, example and correct counts of the full global model on ``dataset``,
     holding at most ``capacity`` blocks at a time."""
     device = torch.device(device)
+    family = backbone.family
     groups = block_groups(backbone.num_layers, capacity)
     if len(groups) == 1:
         return evaluate(model_with_state(backbone, groups[0], state, lora, method, device), dataset, batch_size, device, bf16)
@@ -74,10 +75,10 @@ def evaluate_global_model(
             with autocast(device, bf16):
                 for i, h in enumerate(hidden):
                     if g == 0:
-                        h = embed_tokens(model, h)
-                    h = model.blocks(h)
+                        h = family.embed(model, h)
+                    h = family.run_blocks(model, h)
                     if g == len(groups) - 1:
-                        h = model.forward_head(model.norm(h)).float()
+                        h = family.head(model, h).float()
                     hidden[i] = h
             del model
         for logits, (_, labels) in zip(hidden, chunk):

@@ -1,9 +1,10 @@
-"""LoRA adapters (peft) on timm ViT / Mixer models, their trainable state, and peft-format export.
+"""LoRA adapters (peft) on any model family, their trainable state, and peft-format export.
 
 Trainable state uses canonical keys: the module path plus ``lora_A.weight`` / ``lora_B.weight``
-(peft's adapter name removed), and ``head.*`` / ``norm.*`` for the classifier and final norm.
-These are the names peft writes in ``adapter_model.safetensors`` minus its ``base_model.model.``
-prefix, so export is a renaming.
+(peft's adapter name removed), and the family's trainable modules (``head.*``, ``norm.*`` for the
+timm families). For timm models these are the names peft writes in ``adapter_model.safetensors``
+minus its ``base_model.model.`` prefix; other families map them to their own names on export
+(:meth:`ModelFamily.native_key`).
 """
 
 from __future__ import annotations
@@ -20,18 +21,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from fedra_core.backbones import Backbone, Family
+from fedra_core.backbones import Backbone
+from fedra_core.families import ModelFamily
 from fedra_core.state import State
 
 if TYPE_CHECKING:
     from peft import LoraConfig
 
-DEFAULT_TARGETS: dict[Family, tuple[str, ...]] = {
-    "vit": ("attn.proj", "mlp.fc2"),
-    "mixer": ("mlp_tokens.fc2", "mlp_channels.fc2"),
-}
-# Besides the adapters, the final norm and the classifier head are trained (and shared).
-SHARED_TRAINABLE = ("head", "norm")
 ADAPTER = "default"
 PEFT_PREFIX = "base_model.model."
 
@@ -45,36 +41,41 @@ class LoraSettings:
     dropout: float = 0.1
     targets: tuple[str, ...] | None = None
 
-    def config(self, family: Family, modules_to_save: list[str] | None = None) -> "LoraConfig":
-        """Return the peft ``LoraConfig`` for a model family."""
+    def target_modules(self, family: ModelFamily) -> list[str]:
+        """Return the LoRA target module suffixes: the settings' own, else the family default."""
+        return list(self.targets or family.lora_targets)
+
+    def config(self, family: ModelFamily, modules_to_save: list[str] | None = None, native: bool = False) -> "LoraConfig":
+        """Return the peft ``LoraConfig`` for a model family (with the family's own module names
+        when ``native``, as an exported adapter needs them)."""
         from peft import LoraConfig  # peft (and the transformers it imports) only where adapters are made
 
         return LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=list(self.targets or DEFAULT_TARGETS[family]),
+            target_modules=[family.native_target(t) if native else t for t in self.target_modules(family)],
             bias="none",
             modules_to_save=modules_to_save,
         )
 
 
-def add_lora(model: nn.Module, family: Family, settings: LoraSettings) -> nn.Module:
+def add_lora(model: nn.Module, family: ModelFamily, settings: LoraSettings) -> nn.Module:
     """Inject LoRA adapters into ``model`` in place and set what trains.
 
-    Only the adapters, the head and the final norm require gradients afterwards. Returns the model.
-    Raises ValueError when no module matches the targets.
+    Only the adapters and the family's trainable modules (head, final norm) require gradients
+    afterwards. Returns the model. Raises ValueError when no module matches the targets.
     """
     from peft import inject_adapter_in_model
 
-    targets = settings.targets or DEFAULT_TARGETS[family]
+    targets = settings.target_modules(family)
     was_training = model.training
     try:
         inject_adapter_in_model(settings.config(family), model, adapter_name=ADAPTER)
     except ValueError as exc:
-        raise ValueError(f"LoRA targets {list(targets)} match no module of this {family} model: {exc}") from exc
+        raise ValueError(f"LoRA targets {targets} match no module of this {family.name} model: {exc}") from exc
     for name, param in model.named_parameters():
-        param.requires_grad_("lora_" in name or name.split(".")[0] in SHARED_TRAINABLE)
+        param.requires_grad_("lora_" in name or name.split(".")[0] in family.trainable_modules)
     return model.train(was_training)  # injected dropout layers start in training mode
 
 
@@ -108,26 +109,25 @@ def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) ->
 
 
 def backbone_recipe(backbone: Backbone) -> dict:
-    """Return what plain timm needs to rebuild the frozen model (the content of ``backbone.json``).
+    """Return what a plain library needs to rebuild the frozen model (the content of ``backbone.json``).
 
-    ``timm_name`` (a registry name for ``timm.create_model``) or, for demo presets and generic shapes,
-    ``timm_class`` (the class in ``timm.models``; timm's registry entries do not accept every shape
-    override), with the full ``model_kwargs`` and ``num_classes``. ``weights`` is ``"hub"`` (with
-    ``pretrained`` true: timm downloads them) or the weights file's name; ``weights_path`` and
-    ``weights_sha256`` name the local file the server used and its sha256 (streamed). Also the
-    backbone's fingerprint, the project's backbone name and the timm version.
+    The family's own entries (for timm: ``timm_name``, a registry name for ``timm.create_model``, or
+    ``timm_class`` for presets and generic shapes), the full ``model_kwargs`` and ``num_classes``.
+    ``weights`` is ``"hub"`` (with ``pretrained`` true: the library downloads them) or the weights
+    file's name; ``weights_path`` and ``weights_sha256`` name the local file the server used and its
+    sha256 (streamed). Also the backbone's fingerprint, family, project backbone name and timm version.
     """
     spec = backbone.spec
-    timm_name, family, kwargs = spec.constructor()
-    hub = timm_name is not None and spec.weights in ("hub", "default")
+    registry_name, family, kwargs = spec.constructor()
+    hub = registry_name is not None and spec.weights in ("hub", "default") and family.local_weights(registry_name) is None
     digest = hashlib.sha256()
     with open(backbone.path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return {
         "name": spec.name,
-        "timm_name": timm_name,
-        "timm_class": None if timm_name else {"vit": "VisionTransformer", "mixer": "MlpMixer"}[family],
+        "family": family.name,
+        **family.recipe(registry_name, kwargs),
         "model_kwargs": kwargs,
         "num_classes": spec.num_classes,
         "pretrained": hub,
@@ -142,17 +142,20 @@ def backbone_recipe(backbone: Backbone) -> dict:
 def export_peft_adapter(state: Mapping[str, torch.Tensor], backbone: Backbone, settings: LoraSettings, out_dir: Path) -> Path:
     """Write a global trainable state as a peft adapter folder loadable by ``PeftModel.from_pretrained``.
 
-    Writes ``adapter_config.json`` (LoRA settings, head and final norm as ``modules_to_save``),
-    ``adapter_model.safetensors`` and ``backbone.json`` (how to rebuild the frozen model). Keys
-    that are not part of a plain timm model (DepthFL exits) are left out. Returns ``out_dir``.
+    Writes ``adapter_config.json`` (LoRA settings, the family's trainable modules as
+    ``modules_to_save``), ``adapter_model.safetensors`` (keys in the family's own names) and
+    ``backbone.json`` (how to rebuild the frozen model). Keys that are not part of the plain model
+    (DepthFL exits) are left out. Returns ``out_dir``.
     """
+    family = backbone.family
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {
-        PEFT_PREFIX + k: v.detach().contiguous().cpu()
+        PEFT_PREFIX + family.native_key(k): v.detach().contiguous().cpu()
         for k, v in state.items()
-        if "lora_" in k or k.split(".")[0] in SHARED_TRAINABLE
+        if "lora_" in k or k.split(".")[0] in family.trainable_modules
     }
-    config = settings.config(backbone.family, modules_to_save=list(SHARED_TRAINABLE))
+    modules = [family.native_key(m) for m in family.trainable_modules]
+    config = settings.config(family, modules_to_save=modules, native=True)
     config.save_pretrained(str(out_dir))
     save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
     (out_dir / "backbone.json").write_text(json.dumps(backbone_recipe(backbone), indent=2))

@@ -8,14 +8,13 @@ sub-model is already keyed by global block index.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
-from fedra_core.backbones import HEAD_PREFIX, Backbone, create_skeleton
+from fedra_core.backbones import Backbone, create_skeleton
 
 
 def validate_blocks(blocks: Sequence[int], num_layers: int) -> list[int]:
@@ -37,20 +36,22 @@ def build_submodel(backbone: Backbone, blocks: Sequence[int], device: str | torc
     """Build the model a client trains from the frozen backbone file, reading only what it needs.
 
     Takes a resolved :class:`Backbone`, the global indices of the held blocks and a device. Returns
-    a timm model whose ``blocks`` is an ``nn.Sequential`` named by global index, with frozen
+    the family's model whose ``blocks`` is an ``nn.Sequential`` named by global index, with frozen
     backbone weights loaded and a freshly initialised head (the server's head replaces it).
     Tensors of blocks outside ``blocks`` are never read or allocated.
     """
     held = validate_blocks(blocks, backbone.num_layers)
+    family = backbone.family
     model = create_skeleton(backbone.spec, device="meta")
-    model.blocks = nn.Sequential(OrderedDict((str(j), model.blocks[j]) for j in held))
-    wanted = [k for k in model.state_dict() if not k.startswith(HEAD_PREFIX)]
+    family.keep_blocks(model, held)
+    prefix = family.head_prefix
+    wanted = [k for k in model.state_dict() if not k.startswith(prefix)]
     tensors = read_tensors(backbone, wanted, device)
-    head = model.get_classifier()
+    head = model.head
     with torch.device(device):
         fresh_head = nn.Linear(head.in_features, head.out_features)
     reset_head(fresh_head)
-    tensors.update({f"{HEAD_PREFIX}{k}": v for k, v in fresh_head.state_dict().items()})
+    tensors.update({f"{prefix}{k}": v for k, v in fresh_head.state_dict().items()})
     model.load_state_dict(tensors, assign=True, strict=True)
     model.requires_grad_(False)
     return model.eval()
@@ -73,25 +74,3 @@ def reset_head(head: nn.Linear) -> None:
     with torch.no_grad():
         nn.init.trunc_normal_(head.weight, std=0.02)
         nn.init.zeros_(head.bias)
-
-
-def held_blocks(model: nn.Module) -> list[int]:
-    """Return the global indices of the blocks a (sub-)model holds, in order."""
-    return [int(name) for name, _ in model.blocks.named_children()]
-
-
-def embed_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run the part of a timm ViT / Mixer before its blocks; return the token sequence."""
-    if hasattr(model, "stem"):
-        return model.stem(x)
-    x = model.patch_embed(x)
-    x = model._pos_embed(x)
-    x = model.patch_drop(x)
-    return model.norm_pre(x)
-
-
-def pool_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pool a token sequence the way the model's head does (class token for ViT, mean for Mixer)."""
-    if hasattr(model, "pool"):
-        return model.fc_norm(model.pool(x))
-    return x.mean(dim=1)

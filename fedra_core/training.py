@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fedra_core.depthfl import forward_outputs, mutual_distillation_loss
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, inputs, labels) -> loss
+
+
+def cross_entropy_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Return the cross-entropy of ``model``'s logits on a batch (the default training loss)."""
+    return F.cross_entropy(model(inputs).float(), labels)
 
 
 @dataclass(frozen=True)
@@ -17,7 +24,6 @@ class TrainSettings:
     """Local optimisation settings; defaults are the FedRA reference code's.
 
     max_steps caps the optimiser steps per round (None: ``local_epochs`` full passes).
-    distill_weight: weight of DepthFL's mutual distillation (0 for the other methods).
     """
 
     lr: float = 0.01
@@ -28,7 +34,6 @@ class TrainSettings:
     local_epochs: int = 1
     max_steps: int | None = None
     bf16: bool = False
-    distill_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,13 @@ def train_local(
     settings: TrainSettings,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    loss_fn: LossFn = cross_entropy_loss,
 ) -> TrainResult:
     """Train the trainable parameters of ``model`` on ``dataset`` with SGD and gradient clipping.
 
-    The data order and dropout follow ``seed``. Returns a :class:`TrainResult`; the model is
-    updated in place.
+    ``loss_fn(model, inputs, labels)`` gives the batch loss (the method's; plain cross-entropy by
+    default). The data order and dropout follow ``seed``. Returns a :class:`TrainResult`; the model
+    is updated in place.
     """
     device = torch.device(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -82,8 +89,7 @@ def train_local(
                 break
             images, labels = images.to(device), labels.to(device)
             with autocast(device, settings.bf16):
-                outputs = forward_outputs(model, images)
-                loss = mutual_distillation_loss([o.float() for o in outputs], labels, settings.distill_weight)
+                loss = loss_fn(model, images, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, settings.clip_norm)

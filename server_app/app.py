@@ -13,13 +13,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedra_core import build_trainable_model, resolve_backbone, trainable_state
-from fedra_core.backbones import Backbone
+import fedra_core.demo  # noqa: F401  (registers the demo backbones the default config names)
+from fedra_core.backbones import Backbone, resolve_backbone
 from fedra_core.data.federation import domains_of
-from fedra_core.depthfl import consistency_weight
-from fedra_core.lora import export_peft_adapter
+from fedra_core.lora import export_peft_adapter, trainable_state
+from fedra_core.methods import Method
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 from fedra_core.state import State, clone_state
+from fedra_core.trainable import build_trainable_model
 from server_app import outputs
 from server_app.checkpoint import CHECKPOINT_NAME, ServerState, load_checkpoint, save_checkpoint
 from server_app.server_eval import ServerEvaluator
@@ -47,9 +48,9 @@ def setup_logging() -> None:
         log.propagate = False
 
 
-def prepare(cfg: RunConfig) -> tuple[Backbone, State, ServerEvaluator | None]:
-    """Resolve the backbone, build the seeded initial global state and, when asked, the server-side
-    evaluator. The server opens no dataset unless ``server-eval-format`` is set.
+def prepare(cfg: RunConfig) -> tuple[Backbone, Method, State, ServerEvaluator | None]:
+    """Resolve the backbone and the method, build the seeded initial global state and, when asked,
+    the server-side evaluator. The server opens no dataset unless ``server-eval-format`` is set.
 
     Everything that can fail on bad configuration fails here, before any training.
     """
@@ -62,11 +63,12 @@ def prepare(cfg: RunConfig) -> tuple[Backbone, State, ServerEvaluator | None]:
         domains_of(cfg.data_spec())  # names only: the server opens no dataset
     except ValueError as exc:
         raise ConfigError(f"config key 'domains' = {cfg.domains!r}: {exc}") from None
+    method = cfg.build_method()
     torch.manual_seed(cfg.seed)
-    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.method_settings())
+    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), method)
     initial = clone_state(trainable_state(model))
-    server_eval = ServerEvaluator.from_config(cfg, backbone) if cfg.server_eval_format else None
-    return backbone, initial, server_eval
+    server_eval = ServerEvaluator.from_config(cfg, backbone, method) if cfg.server_eval_format else None
+    return backbone, method, initial, server_eval
 
 
 def discover_nodes(grid: Grid, strategy: FedRAStrategy, timeout: float) -> None:
@@ -112,11 +114,11 @@ def discover_nodes(grid: Grid, strategy: FedRAStrategy, timeout: float) -> None:
 def run_federation(grid: Grid, run_config: dict) -> Path:
     """Run every round of a federation on ``grid``; return the run folder."""
     cfg = load_run_config(run_config)
-    backbone, global_state, server_eval = prepare(cfg)
+    backbone, method, global_state, server_eval = prepare(cfg)
     run_dir = Path(cfg.output_dir) / (cfg.run_name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT_NAME
-    method = cfg.method_settings()
+    left_out: dict[str, dict[str, str]] = {"train": {}, "evaluate": {}}
     strategy = FedRAStrategy(
         method=method,
         num_layers=backbone.num_layers,
@@ -127,7 +129,7 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
         limits=ReplyLimits(cfg.max_update_norm, cfg.max_examples),
         sampling=cfg.client_sampling,
         clients_per_round=cfg.clients_per_round,
-        distill_weight_fn=(lambda r: consistency_weight(r, cfg.depthfl_ramp_rounds)) if cfg.method == "depthfl" else None,
+        on_reject=lambda kind, _round, node, reason: left_out[kind].__setitem__(str(node), reason),
     )
     strategy.summary()
     first_round = 1
@@ -140,14 +142,15 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
                 f"resume: checkpoint {ckpt_path} was made with another config; only num-server-rounds and "
                 "round-timeout may change on resume"
             )
-        global_state, strategy.momentum, first_round = saved.global_state, saved.momentum, saved.round + 1
+        global_state, first_round = saved.global_state, saved.round + 1
+        method.load_state_dict(saved.method_state)
         outputs.truncate_metrics(run_dir, saved.round)
         log.info("resuming %s after round %d", run_dir, saved.round)
     else:
         (run_dir / "metrics.jsonl").write_text("")
         discover_nodes(grid, strategy, cfg.round_timeout)
-        evaluation = evaluate_round(grid, strategy, server_eval, 0, global_state, cfg.round_timeout) if cfg.eval_every else {}
-        _log_record(run_dir, _record(0, evaluation), cfg.num_server_rounds)
+        evaluation = evaluate_round(grid, strategy, server_eval, 0, global_state, cfg.round_timeout, left_out) if cfg.eval_every else {}
+        _log_record(run_dir, {"round": 0, "seconds": 0.0, **evaluation}, cfg.num_server_rounds)
     save_config = {k: v for k, v in cfg.model_dump(by_alias=True).items()}
     (run_dir / "config.json").write_text(json.dumps(save_config, indent=2))
 
@@ -156,6 +159,7 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
         discover_nodes(grid, strategy, cfg.round_timeout)
         if not strategy.nodes:
             raise RuntimeError("no node answered the capacity query; is any SuperNode connected with the same backbone?")
+        left_out["train"].clear()
         messages = list(strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), grid))
         replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
         new_arrays, metrics = strategy.aggregate_train(server_round, replies)
@@ -163,15 +167,22 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
             global_state = new_arrays.to_torch_state_dict()
         last = server_round == cfg.num_server_rounds
         evaluate_now = cfg.eval_every and (server_round % cfg.eval_every == 0 or last)
-        evaluation = evaluate_round(grid, strategy, server_eval, server_round, global_state, cfg.round_timeout) if evaluate_now else {}
-        record = _record(server_round, evaluation, strategy, time.perf_counter() - start)
+        evaluation = (
+            evaluate_round(grid, strategy, server_eval, server_round, global_state, cfg.round_timeout, left_out) if evaluate_now else {}
+        )
+        record = {
+            "round": server_round,
+            "seconds": round(time.perf_counter() - start, 3),
+            **evaluation,
+            **outputs.train_record(metrics, strategy.nodes, left_out["train"], backbone.num_layers),
+        }
         _log_record(run_dir, record, cfg.num_server_rounds)
         save_checkpoint(
             ckpt_path,
             ServerState(
                 round=server_round,
                 global_state=global_state,
-                momentum=strategy.momentum,
+                method_state=method.state_dict(),
                 info={
                     "fingerprint": backbone.fingerprint,
                     "config": _resumable_config(cfg),
@@ -185,27 +196,23 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
 
 
 def evaluate_round(
-    grid: Grid, strategy: FedRAStrategy, server_eval: ServerEvaluator | None, server_round: int, state: State, timeout: float
+    grid: Grid,
+    strategy: FedRAStrategy,
+    server_eval: ServerEvaluator | None,
+    server_round: int,
+    state: State,
+    timeout: float,
+    left_out: dict[str, dict[str, str]],
 ) -> dict:
     """Evaluate the global ``state``: on the nodes' own test splits through the strategy's
     configure_evaluate / aggregate_evaluate, and on the server's held-out set when there is one.
     Returns the record entries (``accuracy``, ``average``, ``loss``, ``examples``, ``eval-nodes``,
-    ``eval-rejected``, and ``server-accuracy`` / ``server-average``)."""
-    out: dict = {}
+    ``eval-rejected``, ``eval-timings`` and ``server-accuracy`` / ``server-average``)."""
+    left_out["evaluate"].clear()
     messages = list(strategy.configure_evaluate(server_round, ArrayRecord(state), ConfigRecord(), grid))
     replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
     metrics = strategy.aggregate_evaluate(server_round, replies)
-    outcome = strategy.eval_outcome
-    if metrics is not None:
-        domains = [k.split("/", 1)[1] for k in metrics if k.startswith("accuracy/")]
-        out["accuracy"] = {d: float(metrics[f"accuracy/{d}"]) for d in domains}
-        out["average"] = float(metrics["average"])
-        out["loss"] = {d: float(metrics[f"loss/{d}"]) for d in domains}
-        out["examples"] = {d: int(metrics[f"examples/{d}"]) for d in domains}
-    if outcome is not None:
-        out["eval-nodes"] = outcome.accepted
-        out["eval-rejected"] = {str(k): v for k, v in outcome.rejected.items()}
-        out["eval-timings"] = {str(k): v for k, v in outcome.timings.items()}
+    out = outputs.eval_record(metrics, left_out["evaluate"]) if metrics is not None else {}
     if server_eval is not None:
         accuracy = server_eval(state)
         out["server-accuracy"] = accuracy
@@ -216,29 +223,6 @@ def evaluate_round(
 def _resumable_config(cfg: RunConfig) -> dict:
     """The config keys that must not change between a run and its resumption."""
     return cfg.model_dump(by_alias=True, exclude={"resume", "num_server_rounds", "round_timeout"})
-
-
-def _record(server_round: int, evaluation: dict, strategy: FedRAStrategy | None = None, seconds: float = 0.0) -> dict:
-    record: dict = {"round": server_round, "seconds": round(seconds, 3), **evaluation}
-    if strategy is not None and strategy.plan is not None and strategy.outcome is not None:
-        plan, outcome = strategy.plan, strategy.outcome
-        record.update(
-            {
-                "partitions": [n.partition_id for n in plan.nodes],
-                "node-ids": [n.node_id for n in plan.nodes],
-                "node-labels": [n.label for n in plan.nodes],
-                "capacities": [n.capacity for n in plan.nodes],
-                "allocation": plan.allocation.astype(int).tolist(),
-                "bytes-sent": {str(k): v for k, v in plan.bytes_sent.items()},
-                "bytes-received": {str(k): v for k, v in outcome.bytes_received.items()},
-                "accepted": outcome.accepted,
-                "rejected": {str(k): v for k, v in outcome.rejected.items()},
-                "skipped": outcome.skipped,
-                "train-loss": outcome.train_loss,
-                "train-timings": {str(k): v for k, v in outcome.timings.items()},
-            }
-        )
-    return record
 
 
 def _log_record(run_dir: Path, record: dict, num_rounds: int) -> None:

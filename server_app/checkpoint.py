@@ -4,40 +4,38 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fedra_core.state import State
 
 GLOBAL = "global/"
-MOMENTUM = "momentum/"
+METHOD = "method/"
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 @dataclass
 class ServerState:
-    """Everything a resumed run needs: the last completed round, the global trainable state,
-    InclusiveFL's momentum, and the bookkeeping (allocation history, capacities, metrics, config).
+    """Everything a resumed run needs: the last completed round, the global trainable state, the
+    method's own server state (InclusiveFL's momentum) and the bookkeeping (capacities, config).
 
     Random draws are derived from (seed, round), so no generator state has to be carried.
     """
 
     round: int
     global_state: State
-    momentum: State = field(default_factory=dict)
+    method_state: State = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(path: Path, state: ServerState) -> None:
     """Write ``state`` to ``path`` atomically: temporary file, fsync, rename, fsync of the folder."""
     tensors = {GLOBAL + k: v.detach().contiguous().cpu() for k, v in state.global_state.items()}
-    tensors.update({MOMENTUM + k: v.detach().contiguous().cpu() for k, v in state.momentum.items()})
+    tensors.update({METHOD + k: v.detach().contiguous().cpu() for k, v in state.method_state.items()})
     metadata = {"round": str(state.round), "info": json.dumps(state.info)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -67,11 +65,6 @@ def load_checkpoint(path: Path) -> ServerState:
     return ServerState(
         round=round_,
         global_state={k[len(GLOBAL):]: v for k, v in tensors.items() if k.startswith(GLOBAL)},
-        momentum={k[len(MOMENTUM):]: v for k, v in tensors.items() if k.startswith(MOMENTUM)},
+        method_state={k[len(METHOD):]: v for k, v in tensors.items() if k.startswith(METHOD)},
         info=info,
     )
-
-
-def states_equal(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
-    """Return True when two states have the same keys and bit-identical tensors."""
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

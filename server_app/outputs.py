@@ -3,10 +3,63 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flwr.app import MetricRecord
+
+
+def _timings(metrics: MetricRecord) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith("time/"):
+            _, node, phase = key.split("/", 2)
+            out.setdefault(node, {})[phase] = float(value)
+    return out
+
+
+def train_record(metrics: MetricRecord, nodes: Mapping[int, Any], rejected: Mapping[str, str], num_layers: int) -> dict[str, Any]:
+    """Return the ``metrics.jsonl`` entries of a training round from the strategy's ``aggregate_train``
+    metrics, the registered nodes (for their domains) and the reasons of the replies left out."""
+    ids = [int(n) for n in metrics["node-ids"]]
+    caps = [int(c) for c in metrics["capacities"]]
+    labels = []
+    for node, cap in zip(ids, caps):
+        domain = getattr(nodes.get(node), "domain", "") or f"node {node}"
+        labels.append(f"{domain} ({cap} blocks)")
+    flat = [int(a) for a in metrics["allocation"]]
+    return {
+        "partitions": [int(p) for p in metrics["partitions"]],
+        "node-ids": ids,
+        "node-labels": labels,
+        "capacities": caps,
+        "allocation": [flat[i * num_layers:(i + 1) * num_layers] for i in range(len(ids))],
+        "bytes-sent": {str(n): int(b) for n, b in zip(ids, metrics["bytes-sent"])},
+        "bytes-received": {str(n): int(b) for n, b in zip(ids, metrics["bytes-received"]) if b},
+        "accepted": [int(n) for n in metrics["accepted-ids"]],
+        "rejected": {str(n): rejected.get(str(n), "left out") for n in metrics["rejected-ids"]},
+        "skipped": bool(metrics["skipped"]),
+        "train-loss": float(metrics["train-loss"]) if "train-loss" in metrics else None,
+        "train-timings": _timings(metrics),
+    }
+
+
+def eval_record(metrics: MetricRecord, rejected: Mapping[str, str]) -> dict[str, Any]:
+    """Return the ``metrics.jsonl`` entries of a federated evaluation from the strategy's
+    ``aggregate_evaluate`` metrics and the reasons of the replies left out."""
+    out: dict[str, Any] = {}
+    domains = [k.split("/", 1)[1] for k in metrics if k.startswith("accuracy/")]
+    if domains:
+        out["accuracy"] = {d: float(metrics[f"accuracy/{d}"]) for d in domains}
+        out["average"] = float(metrics["average"])
+        out["loss"] = {d: float(metrics[f"loss/{d}"]) for d in domains}
+        out["examples"] = {d: int(metrics[f"examples/{d}"]) for d in domains}
+    out["eval-nodes"] = [int(n) for n in metrics["eval-ids"]]
+    out["eval-rejected"] = {str(n): rejected.get(str(n), "left out") for n in metrics["eval-rejected-ids"]}
+    out["eval-timings"] = _timings(metrics)
+    return out
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:

@@ -14,13 +14,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from fedra_core import build_trainable_model, evaluate, load_trainable_state
 from fedra_core.backbones import Backbone, input_size
 from fedra_core.data.federation import test_sets
 from fedra_core.data.node_data import NodeDataError, imagefolder_split
+from fedra_core.lora import load_trainable_state
+from fedra_core.methods import Method
 from fedra_core.run_config import ConfigError, RunConfig
 from fedra_core.state import State
-from fedra_core.training import EvalResult
+from fedra_core.trainable import build_trainable_model
+from fedra_core.training import EvalResult, evaluate
 
 
 @dataclass
@@ -34,7 +36,7 @@ class ServerEvaluator:
     device: torch.device
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, backbone: Backbone) -> "ServerEvaluator":
+    def from_config(cls, cfg: RunConfig, backbone: Backbone, method: Method) -> "ServerEvaluator":
         """Build the evaluator of ``cfg``'s server-eval settings; ConfigError names a bad value."""
         device = server_device(cfg.server_device)
         if cfg.server_eval_format == "dataset":
@@ -52,7 +54,7 @@ class ServerEvaluator:
             if len(split) == 0:
                 raise ConfigError(f"{where}: test/ holds no image in a class folder")
             test = {root.name: split}
-        model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.method_settings(), str(device))
+        model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), method, str(device))
         return cls(model, test, cfg.eval_batch_size, cfg.bf16, device)
 
     def results(self, state: State) -> dict[str, EvalResult]:

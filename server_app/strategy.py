@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -12,13 +12,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedra_core import MethodSettings, aggregate_fedra, allocate, client_keys
-from fedra_core.data.partition import ClientShard, sample_round_clients
-from fedra_core.inclusivefl import Momentum, block_momentum, momentum_distill
+from fedra_core.data.partition import sample_round_clients
+from fedra_core.methods import Method
 from fedra_core.state import State
 from server_app.validation import RejectedReply, ReplyLimits, check_eval_reply, check_reply
 
 log = logging.getLogger("fedra")
+
+# (kind "train" | "evaluate", server round, node id, one-line reason) for every reply left out
+RejectHook = Callable[[str, int, int, str], None]
 
 
 def record_nbytes(record: ArrayRecord) -> int:
@@ -56,64 +58,61 @@ class NodeInfo:
 
 
 @dataclass
-class RoundPlan:
-    """What was sent this round: participating nodes (allocation row order), the allocation, the
-    global state the round started from, the exact state each node received and the bytes of each
-    message."""
+class _Round:
+    """What was sent in the round in flight: participating nodes (allocation row order), the
+    allocation, the global state it started from, the state each node received, the messages."""
 
     nodes: list[NodeInfo]
     allocation: np.ndarray
     global_state: State
     sent: dict[int, State] = field(default_factory=dict)
     messages: dict[int, Message] = field(default_factory=dict)
-    bytes_sent: dict[int, int] = field(default_factory=dict)
 
 
-@dataclass
-class EvalOutcome:
-    """What the federated evaluation of a round gave: per-domain pooled counts, the nodes asked,
-    accepted and rejected (with reasons)."""
-
-    correct: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, int] = field(default_factory=dict)
-    loss_sum: dict[str, float] = field(default_factory=dict)
-    asked: list[int] = field(default_factory=list)
-    accepted: list[int] = field(default_factory=list)
-    rejected: dict[int, str] = field(default_factory=dict)
-    timings: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    def accuracy(self) -> dict[str, float]:
-        """Top-1 accuracy per domain, the nodes of one domain pooled by examples."""
-        return {d: self.correct[d] / self.examples[d] for d in self.examples}
-
-    def average(self) -> float:
-        """Example-weighted top-1 accuracy over every evaluated node."""
-        return sum(self.correct.values()) / sum(self.examples.values())
-
-
-@dataclass
-class RoundOutcome:
-    """What the aggregation of a round decided, for logs and metrics."""
-
-    accepted: list[int] = field(default_factory=list)
-    rejected: dict[int, str] = field(default_factory=dict)
-    bytes_received: dict[int, int] = field(default_factory=dict)
-    train_loss: float | None = None
-    skipped: bool = False
-    timings: dict[int, dict[str, float]] = field(default_factory=dict)
+def _timing_entries(timings: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
+    return {f"time/{node}/{phase}": float(t) for node, phases in timings.items() for phase, t in phases.items()}
 
 
 class FedRAStrategy(Strategy):
     """FedRA and its baselines as a Flower strategy.
 
-    Each round it draws the allocation for the taking-part nodes, sends each node its sorted block
-    indices with the LoRA of exactly those blocks plus the shared keys (keyed by global block
-    index), validates the replies, and folds them back with :func:`fedra_core.aggregate_fedra`.
+    Each round it draws the method's allocation for the taking-part nodes, sends each node its
+    sorted block indices with the trainable state of exactly those blocks plus the shared keys
+    (keyed by global block index), validates the replies and lets the method fold the accepted ones
+    back (FedRA: the per-block mean over the nodes that held each block). Federated evaluation sends
+    the full global state to one node per distinct test split and pools the replies per domain.
+
+    Parameters
+    ----------
+    method : Method
+        The federated method (:func:`fedra_core.methods.get_method`): allocation, keys per node,
+        values sent each round, aggregation and its own server state.
+    num_layers : int
+        Number of blocks L of the backbone; node capacities must lie in 1..L.
+    fingerprint : str
+        Fingerprint of the frozen backbone; sent with every message so that a node with other
+        weights refuses to train.
+    seed : int (default: 0)
+        Seed of the run; each round's allocation and client sampling derive from (seed, round), so
+        a resumed run draws the same.
+    weighted : bool (default: False)
+        Weight each node's update by its example count (False: uniform, as FedRA).
+    min_replies : int (default: 1)
+        Fewest accepted training replies for the round to change the global model.
+    limits : ReplyLimits (default: ReplyLimits())
+        Bounds every reply must respect (update norm, example count).
+    sampling : str (default: "all")
+        Which registered nodes train each round: ``all``, ``per-domain`` (one per reported domain)
+        or ``uniform`` (``clients_per_round`` of them).
+    clients_per_round : int (default: 0)
+        Nodes per round for ``uniform`` sampling (0: all).
+    on_reject : RejectHook | None (default: None)
+        Called with (kind, round, node id, reason) for every reply left out, besides the log line.
     """
 
     def __init__(
         self,
-        method: MethodSettings,
+        method: Method,
         num_layers: int,
         fingerprint: str,
         seed: int = 0,
@@ -122,7 +121,7 @@ class FedRAStrategy(Strategy):
         limits: ReplyLimits = ReplyLimits(),
         sampling: str = "all",
         clients_per_round: int = 0,
-        distill_weight_fn=None,
+        on_reject: RejectHook | None = None,
     ) -> None:
         self.method = method
         self.num_layers = num_layers
@@ -133,12 +132,9 @@ class FedRAStrategy(Strategy):
         self.limits = limits
         self.sampling = sampling
         self.clients_per_round = clients_per_round
-        self.distill_weight_fn = distill_weight_fn or (lambda server_round: 0.0)
+        self.on_reject = on_reject
         self.nodes: dict[int, NodeInfo] = {}
-        self.momentum: Momentum = {}
-        self.plan: RoundPlan | None = None
-        self.outcome: RoundOutcome | None = None
-        self.eval_outcome: EvalOutcome | None = None
+        self._round: _Round | None = None
         self._eval_messages: dict[int, Message] = {}
 
     # --- node registry --------------------------------------------------------------------------
@@ -162,27 +158,23 @@ class FedRAStrategy(Strategy):
         if self.sampling == "all" or not nodes:
             return nodes
         rng = np.random.default_rng([self.seed, server_round, 1])
-        if self.sampling == "per-domain":  # one node per reported domain
-            picked = sample_round_clients([ClientShard(n.domain, np.empty(0)) for n in nodes], rng, "per-domain")
-            return [nodes[i] for i in picked]
-        k = min(self.clients_per_round or len(nodes), len(nodes))
-        chosen = sorted(rng.choice(len(nodes), size=k, replace=False).tolist())
-        return [nodes[i] for i in chosen]
+        count = min(self.clients_per_round or len(nodes), len(nodes)) if self.sampling == "uniform" else None
+        picked = sample_round_clients([n.domain for n in nodes], rng, self.sampling, count)
+        return [nodes[i] for i in picked]
 
     # --- Strategy API ---------------------------------------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Return one train message per participating node with its blocks and their LoRA state."""
+        """Return one train message per participating node with its blocks and their trainable state."""
         global_state = arrays.to_torch_state_dict()
         nodes = self.participants(server_round)
-        allocation = allocate(self.method, [n.capacity for n in nodes], self.num_layers, self.round_rng(server_round))
-        self.plan = RoundPlan(nodes=nodes, allocation=allocation, global_state=global_state)
-        messages = []
+        allocation = self.method.allocate([n.capacity for n in nodes], self.num_layers, self.round_rng(server_round))
+        self._round = current = _Round(nodes=nodes, allocation=allocation, global_state=global_state)
+        extra = self.method.round_config(server_round)
         for node, row in zip(nodes, allocation):
             blocks = np.flatnonzero(row).tolist()
-            sent = {k: global_state[k] for k in client_keys(global_state, blocks, self.method)}
-            record = ArrayRecord(sent)
+            sent = {k: global_state[k] for k in self.method.client_keys(global_state, blocks)}
             cfg = ConfigRecord(
                 {
                     **dict(config),
@@ -191,73 +183,88 @@ class FedRAStrategy(Strategy):
                     "fingerprint": self.fingerprint,
                     "method": self.method.name,
                     "seed": int(self.seed),
-                    "distill-weight": float(self.distill_weight_fn(server_round)),
+                    **extra,
                 }
             )
-            self.plan.sent[node.node_id] = sent
-            self.plan.bytes_sent[node.node_id] = record_nbytes(record)
-            message = Message(RecordDict({"arrays": record, "config": cfg}), dst_node_id=node.node_id, message_type=MessageType.TRAIN)
-            self.plan.messages[node.node_id] = message
-            messages.append(message)
-        return messages
+            current.sent[node.node_id] = sent
+            current.messages[node.node_id] = Message(
+                RecordDict({"arrays": ArrayRecord(sent), "config": cfg}), dst_node_id=node.node_id, message_type=MessageType.TRAIN
+            )
+        return list(current.messages.values())
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate the replies and aggregate the accepted ones; return (new arrays or None, metrics)."""
-        assert self.plan is not None, "configure_train must run first"
-        plan, outcome = self.plan, RoundOutcome()
-        self.outcome = outcome
-        row_of = {n.node_id: i for i, n in enumerate(plan.nodes)}
+        """Validate the replies and let the method aggregate the accepted ones.
+
+        Returns (the new global arrays, or None when fewer than ``min_replies`` were accepted, and
+        the round's metrics): counts ``accepted``, ``rejected``, ``skipped``, ``train-loss`` (mean
+        over the accepted nodes, weighted by examples), the per-node lists aligned with
+        ``node-ids`` (``partitions``, ``capacities``, ``bytes-sent``, ``bytes-received``), the
+        ``allocation`` flattened row by row, ``accepted-ids``, ``rejected-ids`` and each node's
+        phase times as ``time/<node>/<phase>``.
+        """
+        assert self._round is not None, "configure_train must run first"
+        current = self._round
+        row_of = {n.node_id: i for i, n in enumerate(current.nodes)}
         # the grid stamps message ids when it sends; a SuperLink answers for a node that went away with
         # its own node id as sender, so replies are matched to nodes through the message they answer
-        node_of = {m.metadata.message_id: nid for nid, m in plan.messages.items() if m.metadata.message_id}
+        node_of = {m.metadata.message_id: nid for nid, m in current.messages.items() if m.metadata.message_id}
         states: dict[int, State] = {}
         examples: dict[int, int] = {}
         losses: dict[int, float] = {}
+        received_bytes: dict[int, int] = {}
+        timings: dict[int, dict[str, float]] = {}
+        rejected: list[int] = []
         received = time.time()
         for reply in replies:
             node_id = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            if node_id not in row_of:
+            if node_id not in row_of or node_id in states or node_id in rejected:
                 log.warning("round %d: ignoring a reply from node %d, which was not asked", server_round, node_id)
                 continue
             if not reply.has_error() and "arrays" in reply.content:
-                outcome.bytes_received[node_id] = record_nbytes(reply.content["arrays"])
+                received_bytes[node_id] = record_nbytes(reply.content["arrays"])
             try:
-                state, metrics = check_reply(reply, plan.sent[node_id], self.limits)
+                state, metrics = check_reply(reply, current.sent[node_id], self.limits)
             except RejectedReply as exc:
-                outcome.rejected[node_id] = str(exc)
-                log.warning("round %d: rejected reply of node %d: %s", server_round, node_id, exc)
+                rejected.append(node_id)
+                self._reject("train", server_round, node_id, str(exc))
                 continue
-            outcome.timings[node_id] = node_timings(metrics, received)
+            timings[node_id] = node_timings(metrics, received)
             states[node_id], examples[node_id] = state, int(metrics["num-examples"])
             losses[node_id] = float(metrics.get("train-loss", float("nan")))
             self._update_capacity(node_id, metrics)
-        for node in plan.nodes:
-            if node.node_id not in states and node.node_id not in outcome.rejected:
-                outcome.rejected[node.node_id] = "no reply (node failed or timed out)"
-                log.warning("round %d: node %d did not reply", server_round, node.node_id)
-        outcome.accepted = [n.node_id for n in plan.nodes if n.node_id in states]
-        if len(outcome.accepted) < self.min_replies:
-            outcome.skipped = True
+        for node in current.nodes:
+            if node.node_id not in states and node.node_id not in rejected:
+                rejected.append(node.node_id)
+                self._reject("train", server_round, node.node_id, "no reply (node failed or timed out)")
+        accepted = [n.node_id for n in current.nodes if n.node_id in states]
+        record: dict = {
+            "accepted": len(accepted),
+            "rejected": len(rejected),
+            "skipped": int(len(accepted) < self.min_replies),
+            "node-ids": [n.node_id for n in current.nodes],
+            "partitions": [n.partition_id for n in current.nodes],
+            "capacities": [n.capacity for n in current.nodes],
+            "allocation": current.allocation.astype(int).ravel().tolist(),
+            "bytes-sent": [record_nbytes(m.content["arrays"]) for m in current.messages.values()],
+            "bytes-received": [received_bytes.get(n.node_id, 0) for n in current.nodes],
+            "accepted-ids": accepted,
+            "rejected-ids": rejected,
+            **_timing_entries(timings),
+        }
+        if len(accepted) < self.min_replies:
             log.warning(
                 "round %d: %d accepted replies < min-replies %d; the global model stays as it was",
-                server_round, len(outcome.accepted), self.min_replies,
+                server_round, len(accepted), self.min_replies,
             )
-            return None, self._metrics(outcome)
-        rows = [row_of[n] for n in outcome.accepted]
-        allocation = plan.allocation[rows]
-        client_states = [states[n] for n in outcome.accepted]
-        global_state = plan.global_state
-        if self.method.name == "inclusivefl":
-            client_states = momentum_distill(global_state, client_states, allocation, self.momentum, self.method.inclusivefl_beta)
-        weights = [examples[n] for n in outcome.accepted] if self.weighted else None
-        new_state = aggregate_fedra(global_state, client_states, allocation, weights)
-        if self.method.name == "inclusivefl":
-            self.momentum = block_momentum(global_state, new_state)
-        n_ex = np.array([examples[n] for n in outcome.accepted], dtype=float)
-        outcome.train_loss = float(np.dot(n_ex, [losses[n] for n in outcome.accepted]) / n_ex.sum())
-        return ArrayRecord(new_state), self._metrics(outcome)
+            return None, MetricRecord(record)
+        allocation = current.allocation[[row_of[n] for n in accepted]]
+        weights = [examples[n] for n in accepted] if self.weighted else None
+        new_state = self.method.aggregate(current.global_state, [states[n] for n in accepted], allocation, weights)
+        n_ex = np.array([examples[n] for n in accepted], dtype=float)
+        record["train-loss"] = float(np.dot(n_ex, [losses[n] for n in accepted]) / n_ex.sum())
+        return ArrayRecord(new_state), MetricRecord(record)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Return one evaluate message with the full global state per distinct test split among the
@@ -268,7 +275,6 @@ class FedRAStrategy(Strategy):
             if node.num_test > 0:
                 chosen.setdefault(node.eval_set or f"node:{node.node_id}", node)
         cfg = ConfigRecord({**dict(config), "server-round": server_round, "fingerprint": self.fingerprint})
-        self.eval_outcome = EvalOutcome(asked=[n.node_id for n in chosen.values()])
         self._eval_messages = {
             n.node_id: Message(RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=n.node_id, message_type=MessageType.EVALUATE)
             for n in chosen.values()
@@ -276,42 +282,53 @@ class FedRAStrategy(Strategy):
         return list(self._eval_messages.values())
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Validate the evaluation replies and pool them per domain by examples; return the per-domain
-        accuracy (``accuracy/<domain>``), loss and examples and the example-weighted ``average``, or
-        None when no reply was accepted."""
-        assert self.eval_outcome is not None, "configure_evaluate must run first"
-        outcome = self.eval_outcome
+        """Validate the evaluation replies and pool them per domain by examples.
+
+        Returns the per-domain ``accuracy/<domain>``, ``loss/<domain>``, ``examples/<domain>``, the
+        example-weighted ``average`` and total ``examples``, ``eval-ids`` (accepted nodes),
+        ``eval-rejected-ids`` and each node's phase times as ``time/<node>/<phase>``; None when no
+        node was asked.
+        """
+        asked = list(self._eval_messages)
         node_of = {m.metadata.message_id: nid for nid, m in self._eval_messages.items() if m.metadata.message_id}
+        correct: dict[str, int] = {}
+        examples: dict[str, int] = {}
+        loss_sum: dict[str, float] = {}
+        accepted: list[int] = []
+        rejected: list[int] = []
+        timings: dict[int, dict[str, float]] = {}
         received = time.time()
         for reply in replies:
             node_id = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            if node_id not in outcome.asked or node_id in outcome.accepted:
+            if node_id not in asked or node_id in accepted or node_id in rejected:
                 log.warning("round %d: ignoring an evaluation reply from node %d, which was not asked", server_round, node_id)
                 continue
             try:
                 metrics = check_eval_reply(reply, self.limits)
             except RejectedReply as exc:
-                outcome.rejected[node_id] = str(exc)
-                log.warning("round %d: rejected evaluation reply of node %d: %s", server_round, node_id, exc)
+                rejected.append(node_id)
+                self._reject("evaluate", server_round, node_id, str(exc))
                 continue
-            outcome.timings[node_id] = node_timings(metrics, received)
+            timings[node_id] = node_timings(metrics, received)
             domain = self.nodes[node_id].domain if node_id in self.nodes else f"node {node_id}"
             n = int(metrics["num-examples"])
-            outcome.correct[domain] = outcome.correct.get(domain, 0) + int(metrics["correct"])
-            outcome.examples[domain] = outcome.examples.get(domain, 0) + n
-            outcome.loss_sum[domain] = outcome.loss_sum.get(domain, 0.0) + float(metrics["loss"]) * n
-            outcome.accepted.append(node_id)
-        for node_id in outcome.asked:
-            if node_id not in outcome.accepted and node_id not in outcome.rejected:
-                outcome.rejected[node_id] = "no evaluation reply (node failed or timed out)"
-                log.warning("round %d: node %d did not answer the evaluation", server_round, node_id)
-        if not outcome.accepted:
+            correct[domain] = correct.get(domain, 0) + int(metrics["correct"])
+            examples[domain] = examples.get(domain, 0) + n
+            loss_sum[domain] = loss_sum.get(domain, 0.0) + float(metrics["loss"]) * n
+            accepted.append(node_id)
+        for node_id in asked:
+            if node_id not in accepted and node_id not in rejected:
+                rejected.append(node_id)
+                self._reject("evaluate", server_round, node_id, "no evaluation reply (node failed or timed out)")
+        if not asked:
             return None
-        record = {"average": outcome.average(), "examples": sum(outcome.examples.values())}
-        for domain, acc in outcome.accuracy().items():
-            record[f"accuracy/{domain}"] = acc
-            record[f"loss/{domain}"] = outcome.loss_sum[domain] / outcome.examples[domain]
-            record[f"examples/{domain}"] = outcome.examples[domain]
+        record: dict = {"eval-ids": accepted, "eval-rejected-ids": rejected, **_timing_entries(timings)}
+        if accepted:
+            record.update({"average": sum(correct.values()) / sum(examples.values()), "examples": sum(examples.values())})
+        for domain in examples:
+            record[f"accuracy/{domain}"] = correct[domain] / examples[domain]
+            record[f"loss/{domain}"] = loss_sum[domain] / examples[domain]
+            record[f"examples/{domain}"] = examples[domain]
         return MetricRecord(record)
 
     def summary(self) -> None:
@@ -321,7 +338,16 @@ class FedRAStrategy(Strategy):
             self.method.name, self.num_layers, "examples" if self.weighted else "uniform", self.min_replies, self.sampling,
         )
 
+    def start(self, *args, **kwargs):  # noqa: D102
+        raise NotImplementedError("the FedRA ServerApp runs its own round loop (server_app.app.run_federation)")
+
     # --- helpers -------------------------------------------------------------------------------
+    def _reject(self, kind: str, server_round: int, node_id: int, reason: str) -> None:
+        what = "training reply" if kind == "train" else "evaluation reply"
+        log.warning("round %d: %s of node %d left out: %s", server_round, what, node_id, reason)
+        if self.on_reject is not None:
+            self.on_reject(kind, server_round, node_id, reason)
+
     def _update_capacity(self, node_id: int, metrics: Mapping[str, float]) -> None:
         cap = metrics.get("capacity-layers")
         node = self.nodes.get(node_id)
@@ -332,13 +358,3 @@ class FedRAStrategy(Strategy):
             log.info("node %d now reports capacity %d (used from the next round)", node_id, int(cap))
         except ValueError as exc:
             log.warning("%s; keeping capacity %d", exc, node.capacity)
-
-    def _metrics(self, outcome: RoundOutcome) -> MetricRecord:
-        return MetricRecord(
-            {
-                "accepted": len(outcome.accepted),
-                "rejected": len(outcome.rejected),
-                "skipped": int(outcome.skipped),
-                **({"train-loss": outcome.train_loss} if outcome.train_loss is not None else {}),
-            }
-        )

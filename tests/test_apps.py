@@ -15,7 +15,7 @@ from app_helpers import NODES, TINY_RUN, allocation_rows, initial_global_state
 from client_app.app import app as client_app
 from fedra_core import MethodSettings, aggregate_fedra, client_keys, resolve_backbone
 from fedra_core.run_config import load_run_config
-from server_app.local import InProcessGrid
+from runners.local import InProcessGrid
 from server_app.app import run_federation
 from server_app.checkpoint import load_checkpoint
 
@@ -115,7 +115,7 @@ import json, timm, torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
-from fedra_core.data.digits import digits_domain
+from fedra_core.demo.digits import digits_domain
 adapter = {str(run_dir / 'adapter')!r}
 meta = json.load(open(adapter + "/backbone.json"))
 model = getattr(timm.models, meta["timm_class"])(num_classes=meta["num_classes"], **meta["model_kwargs"])

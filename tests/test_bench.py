@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import accuracy, wire_bytes
-from fedra_core.data.digits import DIGITS_DOMAINS
+from fedra_core.demo.digits import DIGITS_DOMAINS
 from fedra_core.run_config import load_run_config
 
 
@@ -90,7 +90,7 @@ def test_head_probe_rebuilds_the_runs_final_model(tmp_path: Path) -> None:
     from bench.head_probe import probe
     from client_app.app import app as client_app
     from server_app.app import run_federation
-    from server_app.local import InProcessGrid
+    from runners.local import InProcessGrid
 
     run_config = {**TINY_RUN, "output-dir": str(tmp_path), "run-name": "run", "num-server-rounds": 2}
     run_dir = run_federation(InProcessGrid(client_app, NODES, run_config), run_config)

@@ -171,7 +171,7 @@ def test_mounted_host_paths_exist_or_are_generated(overlays: list[Path], generat
 @pytest.mark.parametrize("overlays", [[], [OVERLAYS[0]], OVERLAYS], ids=["insecure", "tls", "tls+gpu"])
 def test_flags_exist_in_flower_1_41_and_ports_agree(overlays: list[Path], help_flags: dict[str, set[str]]) -> None:
     from client_app.node import NODE_KEYS
-    from fedra_core.data.digits import DIGITS_DOMAINS
+    from fedra_core.demo.digits import DIGITS_DOMAINS
 
     services = merged(BASE, *overlays)
     link = _flags(services["superlink"]["command"])
@@ -362,7 +362,7 @@ def test_start_supernode_rejects_bad_data_options_in_one_line(
 
 
 def test_start_supernode_knows_the_digits_domains() -> None:
-    from fedra_core.data.digits import DIGITS_DOMAINS
+    from fedra_core.demo.digits import DIGITS_DOMAINS
 
     listed = re.search(r'^DIGITS="([^"]+)"', (DEPLOY / "start_supernode.sh").read_text(), re.M)
     assert listed and listed.group(1).split(", ") == list(DIGITS_DOMAINS)

@@ -1,4 +1,4 @@
-"""Tests of the skipped-block-robust demo backbones (fedra_core.demo_backbone)."""
+"""Tests of the skipped-block-robust demo backbones (fedra_core.demo.backbone)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from fedra_core.backbones import (
     fingerprint_file,
     resolve_backbone,
 )
-from fedra_core.demo_backbone import (
+from fedra_core.demo.backbone import (
     build_demo_backbone,
     demo_backbone_file,
     forward_blocks,

@@ -22,7 +22,7 @@ from client_app.app import app as client_app
 from conftest import TINY_VIT
 from fedra_core import LoraSettings, MethodSettings, build_trainable_model, trainable_state
 from fedra_core.evaluation import block_groups, evaluate_global_model
-from server_app.local import InProcessGrid
+from runners.local import InProcessGrid
 from server_app.app import run_federation
 from server_app.strategy import FedRAStrategy, NodeInfo
 from server_app.validation import RejectedReply, ReplyLimits, check_eval_reply

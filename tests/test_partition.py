@@ -229,7 +229,7 @@ def test_per_domain_sampling_one_client_per_domain_and_full_coverage() -> None:
     rng = np.random.default_rng(0)
     seen: set[int] = set()
     for _ in range(200):
-        picked = sample_round_clients(shards, rng)
+        picked = sample_round_clients([s.domain for s in shards], rng)
         assert picked == sorted(picked)
         assert sorted(shards[i].domain for i in picked) == sorted(DOMAINS)
         seen.update(picked)
@@ -239,18 +239,18 @@ def test_per_domain_sampling_one_client_per_domain_and_full_coverage() -> None:
 def test_per_domain_sampling_deterministic() -> None:
     shards = feature_label_skew(paper_domain_labels(), 5, 0.5, seed=0)
     r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
-    first = [sample_round_clients(shards, r1) for _ in range(10)]
-    assert first == [sample_round_clients(shards, r2) for _ in range(10)]
+    first = [sample_round_clients([s.domain for s in shards], r1) for _ in range(10)]
+    assert first == [sample_round_clients([s.domain for s in shards], r2) for _ in range(10)]
 
 
 def test_uniform_and_all_modes() -> None:
     shards = feature_label_skew(paper_domain_labels(), 5, 0.5, seed=0)
     rng = np.random.default_rng(1)
-    picked = sample_round_clients(shards, rng, mode="uniform", num_clients=7)
+    picked = sample_round_clients([s.domain for s in shards], rng, mode="uniform", num_clients=7)
     assert len(set(picked)) == 7 and all(0 <= i < 30 for i in picked)
-    assert sample_round_clients(shards, rng, mode="all") == list(range(30))
-    assert sample_round_clients(shards, rng, mode="all", num_clients=30) == list(range(30))
-    assert len(sample_round_clients(shards, rng, mode="per-domain", num_clients=6)) == 6
+    assert sample_round_clients([s.domain for s in shards], rng, mode="all") == list(range(30))
+    assert sample_round_clients([s.domain for s in shards], rng, mode="all", num_clients=30) == list(range(30))
+    assert len(sample_round_clients([s.domain for s in shards], rng, mode="per-domain", num_clients=6)) == 6
 
 
 @pytest.mark.parametrize(
@@ -267,7 +267,7 @@ def test_uniform_and_all_modes() -> None:
 def test_sampling_errors(mode: str, num_clients: int | None, match: str) -> None:
     shards = feature_label_skew(paper_domain_labels(), 5, 0.5, seed=0)
     with pytest.raises(ValueError, match=match):
-        sample_round_clients(shards, np.random.default_rng(0), mode=mode, num_clients=num_clients)
+        sample_round_clients([s.domain for s in shards], np.random.default_rng(0), mode=mode, num_clients=num_clients)
 
 
 def test_sampling_empty_shards() -> None:

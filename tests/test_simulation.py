@@ -7,7 +7,7 @@ import json
 import pytest
 
 from app_helpers import TINY_RUN
-from server_app.simulate import prepare_assets, run_simulation
+from runners.simulate import prepare_assets, run_simulation
 
 
 @pytest.mark.slow

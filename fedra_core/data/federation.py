@@ -34,7 +34,7 @@ class DataSpec:
 def all_domains(dataset: str) -> tuple[str, ...]:
     """Return the domain names of a dataset; ValueError for an unknown dataset."""
     if dataset == "digits":
-        from fedra_core.data.digits import DIGITS_DOMAINS
+        from fedra_core.demo.digits import DIGITS_DOMAINS
 
         return tuple(DIGITS_DOMAINS)
     if dataset == "domainnet":
@@ -61,7 +61,7 @@ def domains_of(spec: DataSpec) -> tuple[str, ...]:
 def domain_split(spec: DataSpec, domain: str, split: str) -> Dataset:
     """Return one domain's ``train`` or ``test`` split (cached per process)."""
     if spec.dataset == "digits":
-        from fedra_core.data.digits import digits_domain
+        from fedra_core.demo.digits import digits_domain
 
         return digits_domain(domain, split, seed=spec.seed)
     from fedra_core.data import paper_datasets

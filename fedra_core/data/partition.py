@@ -174,12 +174,12 @@ def feature_label_skew(
 
 
 def sample_round_clients(
-    shards: Sequence[ClientShard],
+    domains: Sequence[str],
     rng: np.random.Generator,
     mode: str = "per-domain",
     num_clients: int | None = None,
 ) -> list[int]:
-    """Pick this round's clients; returns sorted positions in ``shards``.
+    """Pick this round's clients among clients whose domains are ``domains``; returns sorted positions.
 
     Modes: ``per-domain`` draws one client uniformly among each domain's clients (the paper);
     ``uniform`` draws ``num_clients`` clients uniformly without replacement; ``all`` takes every
@@ -188,9 +188,9 @@ def sample_round_clients(
     """
     if mode not in SAMPLING_MODES:
         raise ValueError(f"unknown client sampling mode {mode!r}: must be one of {', '.join(SAMPLING_MODES)}")
-    total = len(shards)
+    total = len(domains)
     if total == 0:
-        raise ValueError("shards is empty: no client to sample")
+        raise ValueError("no client to sample")
     if mode == "uniform":
         if num_clients is None:
             raise ValueError(f"mode 'uniform' needs num_clients (an integer in 1..{total})")
@@ -203,8 +203,8 @@ def sample_round_clients(
             raise ValueError(f"num_clients={num_clients!r} with mode 'all': must be left out or equal {total}")
         return list(range(total))
     by_domain: dict[str, list[int]] = {}
-    for i, shard in enumerate(shards):
-        by_domain.setdefault(shard.domain, []).append(i)
+    for i, domain in enumerate(domains):
+        by_domain.setdefault(domain, []).append(i)
     if num_clients is not None and num_clients != len(by_domain):
         raise ValueError(
             f"num_clients={num_clients!r} with mode 'per-domain': must be left out or equal the "

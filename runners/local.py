@@ -4,7 +4,7 @@ with a Grid that delivers each message by calling the ClientApp directly.
 Useful for debugging, for benchmarks that must not measure Ray, and for tests (``intercept`` can
 replace or drop replies to play a failing or cheating node):
 
-    python -m server_app.local --num-nodes 6 --run-config "num-server-rounds=3"
+    python -m runners.local --num-nodes 6 --run-config "num-server-rounds=3"
 """
 
 from __future__ import annotations

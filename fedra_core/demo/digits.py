@@ -47,7 +47,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import TensorDataset
 
-from fedra_core.backbones import cache_dir
+from fedra_core.cache import cache_dir
 from fedra_core.progress import progress_bar
 
 DIGITS_DOMAINS: tuple[str, ...] = ("mnist", "optdigits", "mnistm", "printed", "usps", "housenum")

@@ -1,14 +1,14 @@
 """Pre-trained 12-block demo backbones (``demo-vit``, ``demo-mixer``) that tolerate skipped blocks.
 
 No package ships pre-trained ViT / MLP-Mixer weights, so the offline demo pre-trains its own small
-backbones on the MNIST pre-training block of the digits benchmark (:func:`fedra_core.data.digits.digits_pretrain`,
+backbones on the MNIST pre-training block of the digits benchmark (:func:`fedra_core.demo.digits.digits_pretrain`,
 disjoint from every benchmark image). FedRA clients run random subsets of the blocks, so the
 backbone is trained to survive that: three quarters of the batches run a random k (3..12) of the 12
 blocks in their original order, the other quarter runs the full depth (a LayerDrop-style recipe).
 The result is cached under ``cache_dir()/"backbones"`` with its robustness figures (accuracy of
 random k-of-12 sub-models on the held-out pre-training test split) in the metadata and a JSON sidecar.
 
-CLI: ``python -m fedra_core.demo_backbone --name demo-vit [--force]``.
+CLI: ``python -m fedra_core.demo.backbone --name demo-vit [--force]``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +30,22 @@ from safetensors import safe_open
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from fedra_core.backbones import DEMO_PRESETS, BackboneSpec, cache_dir, create_skeleton, family_of, save_backbone
+from fedra_core.backbones import BackboneSpec, create_skeleton, save_backbone
+from fedra_core.cache import cache_dir
+from fedra_core.families import family_of
 from fedra_core.progress import progress_bar
 
+# Small 12-block backbones for the offline demo: 28x28 RGB input, 7x7 patches (16 tokens).
+DEMO_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "demo-vit": (
+        "vit",
+        dict(img_size=28, patch_size=7, in_chans=3, embed_dim=96, depth=12, num_heads=3, mlp_ratio=4.0),
+    ),
+    "demo-mixer": (
+        "mixer",
+        dict(img_size=28, patch_size=7, in_chans=3, embed_dim=96, num_blocks=12, mlp_ratio=(0.5, 4.0)),
+    ),
+}
 RECIPE_VERSION = "1"
 DEFAULT_STEPS: dict[str, int] = {"demo-vit": 1500, "demo-mixer": 2000}
 MIN_BLOCKS = 3
@@ -49,17 +63,11 @@ def forward_blocks(model: nn.Module, x: torch.Tensor, blocks: Sequence[int] | No
     ``blocks=None`` runs every block, which equals ``model(x)``. Returns the logits.
     """
     chosen = range(len(model.blocks)) if blocks is None else blocks
-    if family_of(model) == "vit":
-        x = model.patch_embed(x)
-        x = model._pos_embed(x)
-        x = model.patch_drop(x)
-        x = model.norm_pre(x)
-    else:
-        x = model.stem(x)
+    family = family_of(model)
+    x = family.embed(model, x)
     for i in chosen:
         x = model.blocks[i](x)
-    x = model.norm(x)
-    return model.forward_head(x)
+    return family.head(model, x)
 
 
 def random_blocks(num_blocks: int, k: int, rng: np.random.Generator) -> list[int]:
@@ -186,12 +194,12 @@ def _train_and_report(
     eval_draws: int,
     verbose: bool,
 ) -> dict[str, float | int | str]:
-    from fedra_core.data.digits import digits_pretrain
+    from fedra_core.demo.digits import digits_pretrain
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model = create_skeleton(BackboneSpec(name=name, num_classes=10), device="cpu")
-    if family_of(model) == "vit":
+    if family_of(model).name == "vit":
         for block in model.blocks:
             block.attn.fused_attn = False  # same maths; the explicit attention is ~10% faster on CPU for 17 tokens
     num_blocks = len(model.blocks)

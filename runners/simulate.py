@@ -1,6 +1,6 @@
 """Run a FedRA federation on Flower's simulation engine with ``flwr run``, and clean up after it.
 
-``python -m server_app.simulate --demo`` is what ``make demo`` runs: 6 simulated SuperNodes with
+``python -m runners.simulate --demo`` is what ``make demo`` runs: 6 simulated SuperNodes with
 capacities 12,10,8,6,4,3 of the demo ViT on the offline digits benchmark (feature skew).
 
 The launcher starts its own simulation SuperLink on free loopback ports (so it knows the process
@@ -148,7 +148,8 @@ def run_simulation(
 
 def prepare_assets(run_config: dict) -> None:
     """Build (or find cached) the dataset and backbone once, before the simulated nodes start."""
-    from fedra_core import resolve_backbone
+    import fedra_core.demo  # noqa: F401  (demo backbones)
+    from fedra_core.backbones import resolve_backbone
     from fedra_core.data.federation import client_shards, test_sets
 
     cfg = load_run_config(run_config)

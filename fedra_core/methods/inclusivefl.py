@@ -1,10 +1,10 @@
-"""InclusiveFL baseline: momentum distillation from deeper blocks into shallower clients' top block.
+"""InclusiveFL: clients train prefixes of their capacity; momentum distillation from deeper blocks.
 
-Clients hold prefixes of the model. Before aggregation, the update of a client's top block is
-mixed with the momentum (last round's aggregated update) of the blocks that the next deeper
-clients hold beyond it: ``d_top <- (1 - beta) d_top + beta * mean(m_j for those blocks j)``,
-matched by the key's suffix within the block (``attn.proj.lora_A.weight``, ...). This lets the
-shallow models learn what the deep layers learned, as InclusiveFL proposes.
+Before aggregation, the update of a client's top block is mixed with the momentum (last round's
+aggregated update) of the blocks that the next deeper clients hold beyond it:
+``d_top <- (1 - beta) d_top + beta * mean(m_j for those blocks j)``, matched by the key's suffix
+within the block (``attn.proj.lora_A.weight``, ...), so shallow models learn what the deep layers
+learned. The momentum is the method's server state: it is checkpointed and restored on resume.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from fedra_core.allocation import prefix_allocation
+from fedra_core.methods.base import Method
+from fedra_core.methods.registry import register_method
 from fedra_core.state import State, block_of_key
 
 Momentum = dict[str, torch.Tensor]  # global key of a block parameter -> last aggregated update
@@ -67,3 +70,30 @@ def block_momentum(old_state: Mapping[str, torch.Tensor], new_state: Mapping[str
         for k in new_state
         if block_of_key(k) is not None and "lora_" in k
     }
+
+
+@register_method
+class InclusiveFL(Method):
+    """Prefixes of each client's capacity; momentum distillation into the shallower clients' top block."""
+
+    name = "inclusivefl"
+    summary = "clients train prefixes of their capacity; deeper blocks' momentum distilled into shallow tops"
+
+    def __init__(self, settings) -> None:  # noqa: D107
+        super().__init__(settings)
+        self.momentum: Momentum = {}
+
+    def allocate(self, capacities: Sequence[int], num_layers: int, rng: np.random.Generator) -> np.ndarray:  # noqa: D102
+        return prefix_allocation(capacities, num_layers)
+
+    def aggregate(self, global_state, client_states, allocation, weights) -> State:  # noqa: D102
+        mixed = momentum_distill(global_state, client_states, allocation, self.momentum, self.settings.inclusivefl_beta)
+        new_state = super().aggregate(global_state, mixed, allocation, weights)
+        self.momentum = block_momentum(global_state, new_state)
+        return new_state
+
+    def state_dict(self) -> State:  # noqa: D102
+        return dict(self.momentum)
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:  # noqa: D102
+        self.momentum = dict(state)
