@@ -19,6 +19,23 @@ REPO = Path(__file__).resolve().parent.parent
 
 BENCH_CACHE = str(Path(tempfile.gettempdir()) / "bench-cache")
 
+# The tiny run of the tests and the overhead benchmark (one definition; tests/app_helpers.py imports
+# it): a 12-block ViT of width 32 at 28x28 with seeded random weights, 3 nodes on three digits
+# domains with capacities 12, 6, 3, 2 local steps of batch 16, 100 test images per domain.
+TINY_VIT: dict[str, Any] = dict(img_size=28, patch_size=7, in_chans=3, embed_dim=32, depth=12, num_heads=2, mlp_ratio=4.0)
+TINY_RUN: dict[str, Any] = {
+    "backbone": "vit",
+    "backbone-kwargs": json.dumps(TINY_VIT),
+    "backbone-weights": "random",
+    "num-server-rounds": 3,
+    "capacities": "12,6,3",
+    "domains": "mnist,printed,usps",
+    "local-steps": 2,
+    "batch-size": 16,
+    "eval-max-examples": 100,
+    "lr": 0.05,
+}
+
 
 def set_env_defaults(cache: str = BENCH_CACHE) -> None:
     """Set the offline / no-install environment the benchmarks run under, unless the caller set it."""

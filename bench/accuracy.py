@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from bench._common import RESULTS_DIR, write_results
+from fedra_core.methods import method_names
 
-METHODS = ("fedra", "alllarge", "allsmall", "inclusivefl", "depthfl")
+METHODS = method_names()  # the registry's order: FedRA first, then the baselines
 # Domains from easiest to hardest for the demo backbone (pre-trained on MNIST digits): measured by the
 # accuracy of a model trained on MNIST alone on each domain (see README, digits benchmark).
 EASY_TO_HARD = ("mnist", "usps", "optdigits", "mnistm", "printed", "housenum")

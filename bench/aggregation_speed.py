@@ -2,7 +2,7 @@
 
 One real global state of ViT-B/16 LoRA (rank 8 on ``attn.proj`` and ``mlp.fc2``, 100 classes) is
 built with ``build_trainable_model`` on all blocks. Each client gets capacities drawn uniformly from
-{3..12}, a random FedRA allocation (``sample_allocation``, policy ``random``) and an update: the
+{3..12}, a random FedRA allocation (``random_allocation``) and an update: the
 global tensors of its blocks and the shared keys plus Gaussian noise, each a distinct tensor (no
 views into a shared pool, which would fit in cache and flatter the timings). The client states are
 generated once for the largest count and the smaller counts use a prefix, so memory is that of the
@@ -36,11 +36,12 @@ def build_clients(global_state: dict, n: int, num_layers: int, seed: int) -> tup
     import numpy as np
     import torch
 
-    from fedra_core import sample_allocation, select_state
+    from fedra_core import select_state
+    from fedra_core.allocation import random_allocation
 
     rng = np.random.default_rng(seed)
     capacities = rng.integers(3, num_layers + 1, size=n).tolist()
-    allocation = sample_allocation(capacities, num_layers, rng, policy="random")
+    allocation = random_allocation(capacities, num_layers, rng)
     gen = torch.Generator().manual_seed(seed)
     states = []
     for row in allocation:
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     host = machine()
     import torch
 
-    from fedra_core import BackboneSpec, LoraSettings, MethodSettings, aggregate_fedra, build_trainable_model
+    from fedra_core import BackboneSpec, LoraSettings, aggregate_fedra, build_trainable_model, get_method
     from fedra_core import resolve_backbone, state_nbytes, trainable_state
     from fedra_core.state import clone_state
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = sorted(int(c) for c in args.clients.split(","))
     backbone = resolve_backbone(BackboneSpec(name=MODEL, weights="random", num_classes=args.num_classes))
     torch.manual_seed(args.seed)
-    model = build_trainable_model(backbone, range(backbone.num_layers), LoraSettings(rank=8), MethodSettings(name="fedra"))
+    model = build_trainable_model(backbone, range(backbone.num_layers), LoraSettings(rank=8), get_method("fedra"))
     global_state = clone_state(trainable_state(model))
     del model
     gc.collect()

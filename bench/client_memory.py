@@ -75,7 +75,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import timm  # noqa: F401
     import torch
 
-    from fedra_core import Backbone, BackboneSpec, LoraSettings, MethodSettings, TrainSettings
+    from fedra_core import Backbone, BackboneSpec, LoraSettings, TrainSettings, get_method
+    from fedra_core.families import family_named
     from fedra_core import build_trainable_model, resolve_backbone, train_local
 
     torch.set_num_threads(args.threads)
@@ -87,7 +88,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         from fedra_core.evaluation import evaluate_global_model
 
         spec = BackboneSpec(name=MODEL, weights=args.weights, num_classes=args.num_classes)
-        backbone = Backbone(spec=spec, path=Path(args.weights), fingerprint=args.fingerprint, family="vit",
+        backbone = Backbone(spec=spec, path=Path(args.weights), fingerprint=args.fingerprint, family=family_named("vit"),
                             num_layers=12, embed_dim=768)
         state = load_file(args.state)
         g = torch.Generator().manual_seed(0)
@@ -98,7 +99,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         if not _reset_peak():
             raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs); per-phase peaks need it")
         start = time.perf_counter()
-        evaluate_global_model(backbone, state, LoraSettings(rank=8), MethodSettings(name="fedra"), data, args.k, args.batch_size)
+        evaluate_global_model(backbone, state, LoraSettings(rank=8), get_method("fedra"), data, args.k, args.batch_size)
         phases["evaluate"] = {**_status(), "seconds": time.perf_counter() - start}
     elif args.child != "baseline":
         spec = BackboneSpec(name=MODEL, weights=args.weights, num_classes=args.num_classes)
@@ -108,7 +109,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         if args.child == "client-path":
             backbone = resolve_backbone(spec)  # what NodeRuntime.backbone does on a node's first message
         else:
-            backbone = Backbone(spec=spec, path=Path(args.weights), fingerprint=args.fingerprint, family="vit",
+            backbone = Backbone(spec=spec, path=Path(args.weights), fingerprint=args.fingerprint, family=family_named("vit"),
                                 num_layers=12, embed_dim=768)
         phases["resolve"] = {**_status(), "seconds": time.perf_counter() - start}
         blocks = sorted(np.random.default_rng(args.seed).choice(12, size=args.k, replace=False).tolist())
@@ -116,7 +117,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         _reset_peak()
         start = time.perf_counter()
         torch.manual_seed(0)
-        model = build_trainable_model(backbone, blocks, LoraSettings(rank=8), MethodSettings(name="fedra"))
+        model = build_trainable_model(backbone, blocks, LoraSettings(rank=8), get_method("fedra"))
         phases["build"] = {**_status(), "seconds": time.perf_counter() - start}
         result["model_param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
         g = torch.Generator().manual_seed(0)
@@ -164,10 +165,10 @@ def save_global_state(backbone, path: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from fedra_core import LoraSettings, MethodSettings, build_trainable_model, trainable_state
+    from fedra_core import LoraSettings, build_trainable_model, get_method, trainable_state
 
     torch.manual_seed(0)
-    model = build_trainable_model(backbone, range(12), LoraSettings(rank=8), MethodSettings(name="fedra"))
+    model = build_trainable_model(backbone, range(12), LoraSettings(rank=8), get_method("fedra"))
     save_file({k: (v + 0.01 * torch.randn_like(v)).contiguous() for k, v in trainable_state(model).items()}, str(path))
 
 

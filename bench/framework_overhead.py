@@ -1,17 +1,17 @@
-"""Overhead of the framework: the same few FedRA rounds three ways, each in a fresh process.
+"""Overhead of the framework: the same few FedRA rounds two ways, each in a fresh process.
 
-* ``plain``: fedra_core only, one process, no Flower: per round ``allocate`` (the server's
-  generator), ``build_trainable_model`` + ``load_trainable_state`` + ``train_local`` per client,
-  ``aggregate_fedra``, evaluation of the full global model on every domain (the server does the
-  same every round). Seeds, allocations, data and settings are those of the apps, so the accuracy
-  must come out the same as the apps' (checked and reported).
 * ``local``: ``python -m runners.local``: the real ServerApp logic and ClientApp in one process,
   messages delivered by function call (Flower records, validation, checkpoint, outputs; no Ray,
   no network).
 * ``simulation``: ``python -m runners.simulate``: a SuperLink, ``flwr run``, Flower's simulation
   engine with Ray, ClientApps in Ray actors.
 
-The config is the test suite's tiny run (``tests/app_helpers.py`` TINY_RUN, copied here): a 12-block
+The engine's own work is what the ClientApps report in every reply (``t-train``, ``t-evaluate``:
+building the sub-model, training or evaluating); what a round costs beyond it is the framework
+(messages, validation, aggregation, checkpoint, outputs), so no second copy of the round loop is
+needed to measure it.
+
+The config is the test suite's tiny run (``bench._common.TINY_RUN``): a 12-block
 ViT of width 32 at 28x28 with seeded random weights, 3 nodes on mnist/printed/usps with capacities
 12, 6, 3, 2 local steps of batch 16, 100 test images per domain. The local work is tiny on purpose:
 what is left is the framework.
@@ -43,86 +43,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bench._common import BENCH_CACHE, load_avg, REPO, format_table, machine, set_env_defaults, write_results
+from bench._common import BENCH_CACHE, REPO, TINY_RUN, format_table, load_avg, machine, set_env_defaults, write_results
 
-# tests/conftest.py TINY_VIT and tests/app_helpers.py TINY_RUN (copied: tests/ is not a package)
-TINY_VIT = dict(img_size=28, patch_size=7, in_chans=3, embed_dim=32, depth=12, num_heads=2, mlp_ratio=4.0)
-TINY_RUN: dict[str, Any] = {
-    "backbone": "vit",
-    "backbone-kwargs": json.dumps(TINY_VIT),
-    "backbone-weights": "random",
-    "num-server-rounds": 3,
-    "capacities": "12,6,3",
-    "domains": "mnist,printed,usps",
-    "local-steps": 2,
-    "batch-size": 16,
-    "eval-max-examples": 100,
-    "lr": 0.05,
-}
 NUM_NODES = 3
-
-
-def plain_worker(run_config: dict[str, Any], run_dir: Path) -> None:
-    """Run the rounds with fedra_core only and write ``metrics.jsonl`` lines like the server's."""
-    import numpy as np
-    import torch
-
-    from fedra_core import aggregate_fedra, allocate, build_trainable_model, client_keys, evaluate
-    from fedra_core import load_trainable_state, resolve_backbone, train_local, trainable_state
-    from fedra_core.data.federation import client_shards, client_train_data, test_sets
-    from fedra_core.run_config import load_run_config
-    from fedra_core.state import clone_state
-
-    cfg = load_run_config(run_config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics = run_dir / "metrics.jsonl"
-    backbone = resolve_backbone(cfg.backbone_spec())
-    spec, lora, method = cfg.data_spec(), cfg.lora(), cfg.method_settings()
-    test = test_sets(spec, cfg.eval_max_examples)
-    shards = client_shards(spec)
-    torch.manual_seed(cfg.seed)
-    server_model = build_trainable_model(backbone, range(backbone.num_layers), lora, method)
-    global_state = clone_state(trainable_state(server_model))
-
-    def accuracy(state: dict) -> dict[str, float]:
-        load_trainable_state(server_model, state)
-        return {d: evaluate(server_model, ds, cfg.eval_batch_size, bf16=cfg.bf16).accuracy for d, ds in test.items()}
-
-    def write(record: dict) -> None:
-        with metrics.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    acc = accuracy(global_state)
-    write({"round": 0, "seconds": 0.0, "accuracy": acc, "average": sum(acc.values()) / len(acc)})
-    # one node per partition; capacities are per domain and the partitions are the domains, in order
-    capacities = [cfg.capacities[i] for i in range(len(shards))]
-    data = {}
-    for server_round in range(1, cfg.num_server_rounds + 1):
-        start = time.perf_counter()
-        allocation = allocate(method, capacities, backbone.num_layers, np.random.default_rng([cfg.seed, server_round]))
-        t_train = 0.0
-        states = []
-        for pid, row in enumerate(allocation):
-            t0 = time.perf_counter()
-            if pid not in data:  # a node loads its data once, as the ClientApp does
-                data[pid] = client_train_data(spec, pid)[1]
-            blocks = np.flatnonzero(row).tolist()
-            model = build_trainable_model(backbone, blocks, lora, method)
-            load_trainable_state(model, {k: global_state[k] for k in client_keys(global_state, blocks, method)})
-            seed = (cfg.seed * 1_000_003 + server_round * 10_007 + pid) % 2**63
-            train_local(model, data[pid], cfg.train_settings(0.0), "cpu", seed=seed)
-            states.append({k: v.to("cpu") for k, v in trainable_state(model).items()})
-            t_train += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        global_state = aggregate_fedra(global_state, states, allocation)
-        t_agg = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        acc = accuracy(global_state)
-        t_eval = time.perf_counter() - t0
-        write({"round": server_round, "seconds": round(time.perf_counter() - start, 3), "accuracy": acc,
-               "average": sum(acc.values()) / len(acc), "train-seconds": t_train, "aggregate-seconds": t_agg,
-               "eval-seconds": t_eval})
-    print("[plain] last round written", flush=True)
 
 
 class Watcher:
@@ -214,6 +137,14 @@ def summarise(res: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def engine_seconds(record: dict[str, Any]) -> float:
+    """Return the engine's work in a round: the nodes' reported training and evaluation times."""
+    total = 0.0
+    for key, phase in (("train-timings", "train"), ("eval-timings", "evaluate")):
+        total += sum(times.get(phase, 0.0) for times in record.get(key, {}).values())
+    return total
+
+
 def report(results: dict[str, dict[str, Any]], rounds: int, cpus_per_client: int) -> dict[str, float]:
     """Print the table and the derived figures of the paths in ``results``; return the derived figures."""
     for res in results.values():
@@ -230,19 +161,15 @@ def report(results: dict[str, dict[str, Any]], rounds: int, cpus_per_client: int
           f"simulation with {cpus_per_client} CPU(s) per client:")
     print(format_table(headers, rows))
     derived: dict[str, float] = {}
-    if "plain" in results:
-        recs = results["plain"]["records"][1:]
-        for key in ("train-seconds", "aggregate-seconds", "eval-seconds"):
-            derived[f"plain_{key}_per_round"] = sum(r[key] for r in recs) / len(recs)
-        print("plain loop per round: train {:.3f} s (3 clients), aggregate {:.4f} s, evaluate {:.3f} s".format(
-            derived["plain_train-seconds_per_round"], derived["plain_aggregate-seconds_per_round"],
-            derived["plain_eval-seconds_per_round"]))
-    if "local" in results and "plain" in results:
-        lp, pp = results["local"]["phases"], results["plain"]["phases"]
-        derived["local_minus_plain_steady_round"] = lp["steady_round"] - pp["steady_round"]
-        derived["local_minus_plain_steady_gap"] = lp["steady_gap"] - pp["steady_gap"]
-        print(f"in-process Flower apps vs plain loop, per steady round: {derived['local_minus_plain_steady_round']:+.3f} s "
-              f"(server 'seconds'), {derived['local_minus_plain_steady_gap']:+.3f} s (line to line, incl. checkpoint)")
+    if "local" in results:
+        recs = results["local"]["records"][2:]  # steady rounds: the first one also starts the ClientApps
+        engine = [engine_seconds(r) for r in recs]
+        if recs:
+            derived["local_engine_per_round"] = sum(engine) / len(engine)
+            derived["local_framework_per_round"] = sum(r["seconds"] - e for r, e in zip(recs, engine)) / len(recs)
+            print(f"in-process apps per steady round: engine work (the nodes' t-train + t-evaluate) "
+                  f"{derived['local_engine_per_round']:.3f} s, framework (messages, validation, aggregation, "
+                  f"outputs) {derived['local_framework_per_round']:.3f} s")
     if "simulation" in results and "local" in results:
         sp, lp = results["simulation"]["phases"], results["local"]["phases"]
         before = sp["to_round0"] - lp["to_round0"]
@@ -270,9 +197,9 @@ def report(results: dict[str, dict[str, Any]], rounds: int, cpus_per_client: int
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(description="One small FedRA run three ways: plain fedra_core loop, in-process Flower apps, flwr run simulation (Ray).")
+    parser = argparse.ArgumentParser(description="One small FedRA run two ways: in-process Flower apps, flwr run simulation (Ray).")
     parser.add_argument("--rounds", type=int, default=3, help="server rounds (default: %(default)s; >= 2 to see the steady state)")
-    parser.add_argument("--paths", default="plain,local,simulation", help="which paths to run (default: %(default)s)")
+    parser.add_argument("--paths", default="local,simulation", help="which paths to run (default: %(default)s)")
     parser.add_argument("--cpus-per-client", type=int, default=2,
                         help="Ray CPUs per simulated client (default: %(default)s = the whole 2-core machine: clients run one at a time "
                              "with 2 threads, like the other two paths)")
@@ -281,14 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=BENCH_CACHE, help="FEDRA_CACHE if unset")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/framework_overhead.json)")
     parser.add_argument("--report", type=Path, default=None, help="print the tables of a saved JSON again (runs nothing)")
-    parser.add_argument("--plain-worker", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--run-config-json", default="", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     set_env_defaults(args.cache)
-    if args.plain_worker is not None:
-        plain_worker(json.loads(args.run_config_json), args.plain_worker)
-        return 0
     if args.report is not None:
         saved = json.loads(args.report.read_text())
         report(saved["results"], saved["rounds"], saved["cpus_per_client"])
@@ -310,16 +232,14 @@ def main(argv: list[str] | None = None) -> int:
             out_dir = work / name
             cfg = {**run_config, "output-dir": str(out_dir), "run-name": "run"}
             run_dir = out_dir / "run"
-            if name == "plain":
-                command = [py, "-m", "bench.framework_overhead", "--plain-worker", str(run_dir), "--run-config-json", json.dumps(cfg)]
-            elif name == "local":
+            if name == "local":
                 command = [py, "-m", "runners.local", "--num-nodes", str(NUM_NODES), "--run-config", format_run_config(cfg)]
             elif name == "simulation":
                 sim_cfg = {k: v for k, v in cfg.items() if k != "output-dir"}
                 command = [py, "-m", "runners.simulate", "--num-supernodes", str(NUM_NODES), "--cpus-per-client",
                            str(args.cpus_per_client), "--output-dir", str(out_dir), "--run-config", format_run_config(sim_cfg)]
             else:
-                raise SystemExit(f"unknown path {name!r}: use plain, local, simulation")
+                raise SystemExit(f"unknown path {name!r}: use local, simulation")
             print(f"running {name} ...", file=sys.stderr, flush=True)
             homes_before = set(Path(tempfile.gettempdir()).glob("fedra-flwr-home-*"))
             try:

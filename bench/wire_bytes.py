@@ -134,14 +134,14 @@ def measure_model(model_name: str, capacities: list[int], rank: int, num_classes
     import torch
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-    from fedra_core import BackboneSpec, LoraSettings, MethodSettings, build_trainable_model, resolve_backbone
+    from fedra_core import BackboneSpec, LoraSettings, build_trainable_model, get_method, resolve_backbone
     from fedra_core import state_nbytes, trainable_state
     from fedra_core.state import clone_state
     from server_app.strategy import FedRAStrategy, NodeInfo, record_nbytes
 
     start = time.perf_counter()
     backbone = resolve_backbone(BackboneSpec(name=model_name, weights="random", num_classes=num_classes))
-    method = MethodSettings(name="fedra")
+    method = get_method("fedra")
     torch.manual_seed(0)
     model = build_trainable_model(backbone, range(backbone.num_layers), LoraSettings(rank=rank), method)
     initial = clone_state(trainable_state(model))
@@ -175,8 +175,7 @@ def measure_model(model_name: str, capacities: list[int], rank: int, num_classes
             node_id = msg.metadata.dst_node_id
             blocks = [int(b) for b in msg.content["config"]["blocks"]]
             down_record = msg.content["arrays"]
-            sent = strategy.plan.sent[node_id]
-            assert strategy.plan.bytes_sent[node_id] == record_nbytes(down_record)
+            sent = down_record.to_torch_state_dict()
             # the client's reply: same keys, trained values, the metrics the ClientApp sends
             trained = perturbed(sent, 1e-3, 1000 + i)
             reply = Message(

@@ -7,21 +7,7 @@ import json
 import numpy as np
 import torch
 
-from conftest import TINY_VIT
-
-# Three nodes on three domains of the digits benchmark, a tiny 12-block ViT with seeded weights.
-TINY_RUN = {
-    "backbone": "vit",
-    "backbone-kwargs": json.dumps(TINY_VIT),
-    "backbone-weights": "random",
-    "num-server-rounds": 3,
-    "capacities": "12,6,3",
-    "domains": "mnist,printed,usps",
-    "local-steps": 2,
-    "batch-size": 16,
-    "eval-max-examples": 100,
-    "lr": 0.05,
-}
+from bench._common import TINY_RUN  # noqa: F401  (three nodes on three digits domains, a tiny seeded ViT)
 NODES = {101: {"partition-id": 0}, 102: {"partition-id": 1}, 103: {"partition-id": 2}}
 
 
@@ -33,7 +19,7 @@ def initial_global_state(run_config: dict) -> dict[str, torch.Tensor]:
     cfg = load_run_config(run_config)
     backbone = resolve_backbone(cfg.backbone_spec())
     torch.manual_seed(cfg.seed)
-    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.method_settings())
+    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.build_method())
     return {k: v.clone() for k, v in trainable_state(model).items()}
 
 

@@ -7,11 +7,14 @@ import os
 import pytest
 import torch
 
+import fedra_core.demo  # noqa: F401  (registers the demo backbones, as the apps do)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 torch.set_num_threads(1)
 
-TINY_VIT = dict(img_size=28, patch_size=7, in_chans=3, embed_dim=32, depth=12, num_heads=2, mlp_ratio=4.0)
+from bench._common import TINY_VIT  # noqa: E402  (one definition, shared with the benchmarks)
+
 TINY_MIXER = dict(img_size=28, patch_size=7, in_chans=3, embed_dim=32, num_blocks=12, mlp_ratio=(0.5, 4.0))
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from app_helpers import NODES, TINY_RUN, allocation_rows, initial_global_state
 from client_app.app import app as client_app
-from fedra_core import MethodSettings, aggregate_fedra, client_keys, resolve_backbone
+from fedra_core import aggregate_fedra, get_method, resolve_backbone
 from fedra_core.run_config import load_run_config
 from runners.local import InProcessGrid
 from server_app.app import run_federation
@@ -73,7 +73,7 @@ def test_rounds_send_allocated_lora_only_and_fold_replies_with_aggregate_fedra(t
         for m in sent:
             blocks = list(m.content["config"]["blocks"])
             keys = set(m.content["arrays"].keys())
-            assert keys == set(client_keys(all_keys, blocks, MethodSettings()))
+            assert keys == set(get_method("fedra").client_keys(all_keys, blocks))
             assert all("lora_" in k or k.split(".")[0] in ("head", "norm") for k in keys)  # no frozen weight
             state = m.content["arrays"].to_torch_state_dict()
             assert all(torch.equal(state[k], expected[r - 1][k]) for k in keys)  # global state before round r

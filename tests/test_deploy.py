@@ -146,7 +146,7 @@ def _initial_global_state(run_config: dict) -> dict[str, torch.Tensor]:
     cfg = load_run_config(run_config)
     backbone = resolve_backbone(cfg.backbone_spec())
     torch.manual_seed(cfg.seed)
-    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.method_settings())
+    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.build_method())
     return {k: v.detach().cpu().clone() for k, v in trainable_state(model).items()}
 
 

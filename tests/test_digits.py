@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from fedra_core.data import digits
+from fedra_core.demo import digits
 from fedra_core.demo.digits import DIGITS_DOMAINS, build_digits, digits_domain, digits_pretrain, raw_domain
 
 

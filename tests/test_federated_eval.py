@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 from app_helpers import TINY_RUN, write_imagefolder
 from client_app.app import app as client_app
 from conftest import TINY_VIT
-from fedra_core import LoraSettings, MethodSettings, build_trainable_model, trainable_state
+from fedra_core import LoraSettings, build_trainable_model, get_method, trainable_state
 from fedra_core.evaluation import block_groups, evaluate_global_model
 from runners.local import InProcessGrid
 from server_app.app import run_federation
@@ -34,7 +34,8 @@ def test_block_groups_cut_the_depth_into_consecutive_groups():
     assert block_groups(3, 1) == [[0], [1], [2]]
 
 
-def _global_state(backbone, method=MethodSettings()):
+def _global_state(backbone, method=None):
+    method = method or get_method("fedra")
     torch.manual_seed(1)
     model = build_trainable_model(backbone, range(backbone.num_layers), LoraSettings(), method)
     state = {k: v.clone() for k, v in trainable_state(model).items()}
@@ -70,15 +71,15 @@ def test_streamed_evaluation_equals_the_plain_full_model(tiny_vit, capacity):
     correct = int((logits.argmax(1) == labels).sum())
     loss = float(torch.nn.functional.cross_entropy(logits, labels))
     # batch 16 -> chunks of 8 batches: the 70 images take two chunks, each group is read twice
-    got = evaluate_global_model(tiny_vit, state, LoraSettings(), MethodSettings(), TensorDataset(images, labels), capacity, 16)
+    got = evaluate_global_model(tiny_vit, state, LoraSettings(), get_method("fedra"), TensorDataset(images, labels), capacity, 16)
     assert got.num_examples == 70 and got.correct == correct and got.accuracy == correct / 70
     assert math.isclose(got.loss, loss, rel_tol=1e-5)
-    full = evaluate_global_model(tiny_vit, state, LoraSettings(), MethodSettings(), TensorDataset(images, labels), 12, 16)
+    full = evaluate_global_model(tiny_vit, state, LoraSettings(), get_method("fedra"), TensorDataset(images, labels), 12, 16)
     assert (got.correct, got.loss) == (full.correct, full.loss)  # to the last digit
 
 
 def test_streamed_evaluation_of_depthfl_uses_the_final_head(tiny_vit):
-    method = MethodSettings("depthfl")
+    method = get_method("depthfl")
     state = _global_state(tiny_vit, method)
     data = TensorDataset(torch.randn(20, 3, 28, 28), torch.randint(0, 10, (20,)))
     a = evaluate_global_model(tiny_vit, state, LoraSettings(), method, data, 4, 8)
@@ -117,7 +118,7 @@ def test_bad_evaluation_replies_are_rejected(change, reason):
 
 def test_strategy_asks_each_test_split_once_and_pools_a_domain_by_examples():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    strategy = FedRAStrategy(MethodSettings(), num_layers=12, fingerprint="f")
+    strategy = FedRAStrategy(get_method("fedra"), num_layers=12, fingerprint="f")
     strategy.register(NodeInfo(1, -1, 12, "clinic", 500, 100, ""))
     strategy.register(NodeInfo(2, -1, 3, "clinic", 200, 50, ""))
     strategy.register(NodeInfo(3, 4, 6, "usps", 300, 50, "digits:usps"))

@@ -159,7 +159,7 @@ def test_kill_after_round_two_and_resume_gives_the_uninterrupted_state(tmp_path)
 
 # Every bad configuration value tried, and the one-line message it gives (checked below).
 BAD_CONFIGS = [
-    ({"method": "fedavg"}, "config key 'method' = 'fedavg': Input should be 'fedra', 'alllarge', 'allsmall', 'inclusivefl' or 'depthfl'"),
+    ({"method": "fedavg"}, "config key 'method' = 'fedavg': unknown method: allowed ['fedra', 'alllarge', 'allsmall', 'inclusivefl', 'depthfl']"),
     ({"capacities": "12,0,3"}, "config key 'capacities' = '12,0,3'"),
     ({"capacities": "12,x"}, "capacities must be a comma-separated list of integers"),
     ({"lr": 0.0}, "config key 'lr' = 0.0: Input should be greater than 0"),

@@ -271,5 +271,5 @@ def test_sampling_errors(mode: str, num_clients: int | None, match: str) -> None
 
 
 def test_sampling_empty_shards() -> None:
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="no client to sample"):
         sample_round_clients([], np.random.default_rng(0))

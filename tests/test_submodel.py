@@ -74,7 +74,7 @@ def test_trained_lora_moves_with_its_global_block(request, name):
 
 def test_keys_are_global_and_bytes_match_analytic_count(tiny_vit):
     blocks = [1, 6, 10]
-    sub = add_lora(build_submodel(tiny_vit, blocks), "vit", LoraSettings(rank=8))
+    sub = add_lora(build_submodel(tiny_vit, blocks), tiny_vit.family, LoraSettings(rank=8))
     state = trainable_state(sub)
     d, r, c = 32, 8, 10
     expected_keys = {
@@ -132,7 +132,7 @@ def test_bad_block_indices(tiny_vit, blocks):
 def test_exported_adapter_loads_with_plain_timm_and_peft(tiny_vit, tmp_path):
     """A fresh process builds the timm model, loads the adapter with PeftModel.from_pretrained and
     reproduces the logits of our adapted model."""
-    model = add_lora(build_submodel(tiny_vit, range(12)), "vit", LoraSettings())
+    model = add_lora(build_submodel(tiny_vit, range(12)), tiny_vit.family, LoraSettings())
     state = {k: torch.randn_like(v) * 0.05 for k, v in trainable_state(model).items()}
     load_trainable_state(model, state)
     export_peft_adapter(state, tiny_vit, LoraSettings(), tmp_path / "adapter")

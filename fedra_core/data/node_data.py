@@ -9,6 +9,15 @@ Formats (node-config ``data-format``):
 * ``domainnet`` / ``nicopp``: one domain of the official layout (``data-root`` + ``domain``).
 * ``digits``: one domain of the offline digits benchmark (``domain``), for the demo.
 * ``partition``: client ``partition-id`` of the run's partitioned dataset (simulation and benchmarks).
+* ``tokens``: pre-tokenised text for the ``hf-encoder`` family: ``data-root/train.safetensors`` and
+  optionally ``data-root/test.safetensors``, each with int64 ``input_ids`` (N, T), padded with the
+  model's ``pad_token_id`` (the attention mask is ``input_ids != pad_token_id``), and int64 ``labels``
+  (N,). The data owner tokenises once, with the tokenizer of the checkpoint folder::
+
+      enc = AutoTokenizer.from_pretrained(folder)(texts, padding="max_length", truncation=True, max_length=128, return_tensors="pt")
+      save_file({"input_ids": enc["input_ids"], "labels": torch.tensor(labels)}, "train.safetensors")  # safetensors.torch
+
+  Single sentences only: the model uses all-zero token_type_ids (what a tokenizer gives for one sentence).
 
 Nothing here opens another node's files or another domain's split.
 """
@@ -29,7 +38,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from fedra_core.data.federation import DataSpec, client_train_data, domain_split
 
-DATA_FORMATS: tuple[str, ...] = ("imagefolder", "domainnet", "nicopp", "digits", "partition")
+DATA_FORMATS: tuple[str, ...] = ("imagefolder", "domainnet", "nicopp", "digits", "partition", "tokens")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _CACHE_VERSION = 1
 _MEAN, _STD = 0.5, 0.5  # the backbones' own statistics, as for the paper datasets
@@ -53,7 +62,7 @@ class NodeDataSpec:
             raise NodeDataError(f"node-config 'data-format' = {self.data_format!r}: allowed {list(DATA_FORMATS)}")
         if self.data_format == "partition" and self.partition_id is None:
             raise NodeDataError("node-config lacks 'partition-id': data-format 'partition' needs the node's partition")
-        if self.data_format in ("imagefolder", "domainnet", "nicopp") and not self.root:
+        if self.data_format in ("imagefolder", "domainnet", "nicopp", "tokens") and not self.root:
             raise NodeDataError(f"node-config lacks 'data-root': data-format {self.data_format!r} needs the node's data folder")
         if self.data_format in ("domainnet", "nicopp", "digits") and not self.domain:
             raise NodeDataError(f"node-config lacks 'domain': data-format {self.data_format!r} needs the node's domain")
@@ -97,6 +106,8 @@ def load_node_data(
         data = NodeData(domain, train, domain_split(run, domain, "test"), f"{run.dataset}:{domain}")
     elif spec.data_format == "imagefolder":
         data = _imagefolder(Path(spec.root).expanduser(), spec.domain, labels, img_size)
+    elif spec.data_format == "tokens":
+        data = _tokens(Path(spec.root).expanduser(), spec.domain)
     else:
         key, value = ("domain", spec.domain) if spec.data_format == "digits" else ("data-root", spec.root)
         one = DataSpec(dataset=spec.data_format, root=spec.root, num_classes=labels.num_classes, img_size=run.img_size, seed=run.seed)
@@ -133,6 +144,54 @@ def _targets(ds: Dataset) -> np.ndarray:
     if isinstance(ds, ImageTensorDataset):
         return ds.labels.numpy()
     return np.asarray(getattr(ds, "targets"))
+
+
+# ----------------------------------------------------------------------------------------------
+# tokens
+
+TOKEN_TENSORS = ("input_ids", "labels")
+
+
+def _tokens(root: Path, domain: str) -> NodeData:
+    where = f"node-config 'data-root' = '{root}'"
+    expected = "train.safetensors and optionally test.safetensors with int64 'input_ids' (N, T) and 'labels' (N,)"
+    if not root.is_dir():
+        raise NodeDataError(f"{where}: no such folder (expected {expected})")
+    if not (root / "train.safetensors").is_file():
+        raise NodeDataError(f"{where}: no train.safetensors (expected {expected})")
+    train = tokens_split(root / "train.safetensors", where)
+    test = tokens_split(root / "test.safetensors", where) if (root / "test.safetensors").is_file() else None
+    if test is None:
+        width = train.tensors[0].shape[1]
+        test = TensorDataset(torch.empty((0, width), dtype=torch.int64), torch.empty((0,), dtype=torch.int64))
+    return NodeData(domain or root.name, train, test, "")
+
+
+def tokens_split(path: Path, where: str = "") -> TensorDataset:
+    """Return the ``input_ids`` (N, T) and ``labels`` (N,) of a token file as a ``TensorDataset`` of int64.
+
+    Raises NodeDataError (prefixed by ``where``) for an unreadable file, a missing tensor, a tensor
+    that is not integer or a shape mismatch.
+    """
+    where = where or f"'{path.parent}'"
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for a corrupt file
+        raise NodeDataError(f"{where}: cannot read {path.name} ({exc.__class__.__name__}: {exc})") from None
+    for name in TOKEN_TENSORS:
+        if name not in tensors:
+            raise NodeDataError(f"{where}: {path.name} lacks tensor {name!r} (has {sorted(tensors)}; expected int64 'input_ids' (N, T) and 'labels' (N,))")
+        if tensors[name].is_floating_point() or tensors[name].dtype == torch.bool or tensors[name].is_complex():
+            raise NodeDataError(f"{where}: {path.name} tensor {name!r} has dtype {tensors[name].dtype}, expected int64")
+    ids, labels = tensors["input_ids"], tensors["labels"]
+    if ids.ndim != 2 or labels.ndim != 1 or ids.shape[0] != labels.shape[0] or ids.shape[1] == 0:
+        raise NodeDataError(
+            f"{where}: {path.name} has 'input_ids' of shape {tuple(ids.shape)} and 'labels' of shape {tuple(labels.shape)}, "
+            "expected (N, T) and (N,) with the same N and T >= 1"
+        )
+    if len(ids) and int(ids.min()) < 0:
+        raise NodeDataError(f"{where}: {path.name} 'input_ids' holds a negative token id {int(ids.min())}")
+    return TensorDataset(ids.long(), labels.long())
 
 
 # ----------------------------------------------------------------------------------------------
