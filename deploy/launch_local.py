@@ -159,6 +159,7 @@ class LocalFederation:
         }
         self.env.setdefault("HF_HUB_OFFLINE", "1")
         self.port: int | None = None
+        self.database: Path | None = None
         self.processes: dict[str, subprocess.Popen] = {}
         self.nodes: dict[str, NodeSpec] = {}
         self._seen: dict[int, psutil.Process] = {}  # descendants seen so far (SuperExec, apps)
@@ -177,15 +178,16 @@ class LocalFederation:
         self._script("gen_certs.sh", "--force", "-o", str(self.certs), "localhost", "127.0.0.1")
         self._script("gen_node_keys.sh", "--force", "-o", str(self.keys), *key_names)
 
-    def start_superlink(self, timeout: float = 60.0) -> None:
-        """Start the SuperLink with TLS and SuperNode authentication on a free loopback port."""
-        self.port = free_port()
-        proc = self._spawn(
-            "superlink",
-            [str(DEPLOY / "start_superlink.sh"), "--certs", str(self.certs), "--host", "127.0.0.1", "--port", str(self.port)],
-            home=self.superlink_dir / "flwr-home",
-            cwd=self.superlink_dir,
-        )
+    def start_superlink(self, timeout: float = 60.0, database: Path | None = None) -> None:
+        """Start the SuperLink with TLS and SuperNode authentication on a free loopback port (the same
+        port again after :meth:`kill`); with ``database`` its state (runs, registered SuperNodes)
+        lives in that SQLite file, so that a restarted SuperLink keeps it."""
+        self.port = self.port or free_port()
+        self.database = database or self.database
+        command = [str(DEPLOY / "start_superlink.sh"), "--certs", str(self.certs), "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.database is not None:
+            command += ["--database", str(self.database)]
+        proc = self._spawn("superlink", command, home=self.superlink_dir / "flwr-home", cwd=self.superlink_dir)
         try:
             wait_for_port(self.port, proc, timeout)
         except RuntimeError as exc:
@@ -230,6 +232,45 @@ class LocalFederation:
         proc = self._spawn(name, args, home=self.work_dir / "nodes" / name / "flwr-home", extra_env=extra_env)
         self.nodes[name] = spec
         return proc
+
+    def spawn(self, name: str, command: Sequence[str]) -> subprocess.Popen:
+        """Start a raw command (e.g. a SuperNode with a hand-written node-config) as process ``name``,
+        with its own Flower home and log; it is stopped with the others."""
+        return self._spawn(name, list(command), home=self.work_dir / "nodes" / name / "flwr-home")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL process ``name`` and everything it started, at once (a crash, not a shutdown)."""
+        self._track()
+        proc = self.processes.pop(name)
+        try:
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait(timeout=30)
+        psutil.wait_procs(tree, timeout=30)
+
+    def pause(self, name: str, paused: bool = True) -> None:
+        """Freeze (SIGSTOP) or thaw (SIGCONT) process ``name`` and everything it started: a node that
+        hangs, or becomes slow beyond any timeout, and then comes back."""
+        self._track()
+        root = psutil.Process(self.processes[name].pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                p.suspend() if paused else p.resume()
+            except psutil.NoSuchProcess:
+                pass
+
+    def children(self, name: str) -> list[psutil.Process]:
+        """Return the processes ``name`` started that are running now (e.g. a SuperNode's app process)."""
+        try:
+            return psutil.Process(self.processes[name].pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
 
     def online_nodes(self) -> list[dict]:
         """Return the SuperLink's list of online SuperNodes (``flwr supernode ls --format json``)."""
@@ -363,6 +404,7 @@ class LocalFederation:
         for name in [n for n in self.processes if n != "superlink"] + ["superlink"]:
             proc = self.processes.pop(name, None)
             if proc is not None:
+                self._thaw(proc)
                 _stop_tree(proc)
         _stop_all(list(self._seen.values()))
         self._seen.clear()
@@ -381,6 +423,16 @@ class LocalFederation:
                     self._seen.setdefault(child.pid, child)
             except psutil.NoSuchProcess:
                 pass
+
+    @staticmethod
+    def _thaw(proc: subprocess.Popen) -> None:
+        """SIGCONT a paused process tree so that it can be stopped gracefully."""
+        try:
+            root = psutil.Process(proc.pid)
+            for p in [root, *root.children(recursive=True)]:
+                p.resume()
+        except psutil.NoSuchProcess:
+            pass
 
     def _flwr_json(self, *args: str) -> dict:
         """Run ``flwr ARGS --format json`` as the operator; return the reply (RuntimeError on failure)."""

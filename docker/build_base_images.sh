@@ -167,7 +167,7 @@ EOF
 for target in superlink supernode; do
   tag="$prefix/$target:$flwr_version"
   log "building $tag (flwr==$flwr_version from $index_url)"
-  docker build --network host --target "$target" -t "$tag" \
+  docker build --network host --force-rm --target "$target" -t "$tag" \
     --build-arg FLWR_VERSION="$flwr_version" --build-arg PIP_INDEX_URL="$index_url" \
     --build-arg PIP_CONF_INDEX_URL="$pip_conf" -f - "$context" <<<"$dockerfile" >&2 \
     || die "building $tag failed"

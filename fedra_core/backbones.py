@@ -59,7 +59,7 @@ class BackboneSpec:
     model_kwargs: constructor overrides passed to timm (``depth``, ``embed_dim``, ``img_size``, ...).
     weights: ``"default"`` (hub weights for timm names, the cached pre-trained file for demo presets),
         ``"hub"``, ``"random"`` (seeded initialisation, for tests and benchmarks) or a path to a
-        ``.safetensors`` file with timm's parameter names.
+        ``.safetensors`` file with the family's parameter names (timm's for the timm families).
     num_classes: size of the task's classifier head.
     seed: initialisation seed used by ``weights="random"``.
     """
@@ -257,7 +257,10 @@ def _hub_weights_file(spec: BackboneSpec) -> Path:
     if local is not None:
         return local
     if registry_name is None:
-        raise ValueError(f"weights='hub' needs a timm model name, got {spec.name!r}")
+        raise ValueError(
+            f"weights 'hub' (the default) needs a timm model name or a checkpoint folder, got {spec.name!r}: "
+            "use weights 'random' or a .safetensors file"
+        )
     path = cache_dir() / "backbones" / f"hub-{registry_name}-{_config_tag(spec)}.safetensors"
     if not path.is_file():
         try:

@@ -31,14 +31,17 @@ def _parse_int_list(value: Any, key: str) -> list[int]:
         raise ValueError(f"{key} must be a comma-separated list of integers") from None
 
 
+_LORA, _TRAIN, _METHOD = LoraSettings(), TrainSettings(), MethodSettings()  # the engine's defaults, defined once
+
+
 class RunConfig(BaseModel):
     """Validated run configuration (keys are the kebab-case names of pyproject's ``[tool.flwr.app.config]``)."""
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
 
-    method: str = "fedra"
+    method: str = _METHOD.name
     num_server_rounds: int = Field(20, alias="num-server-rounds", ge=1)
-    allocation_cover: bool = Field(False, alias="allocation-cover")
+    allocation_cover: bool = Field(_METHOD.cover, alias="allocation-cover")
     capacities: list[int] = Field(default_factory=lambda: [12, 10, 8, 6, 4, 3])
     backbone: str = "demo-vit"
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict, alias="backbone-kwargs")
@@ -54,21 +57,21 @@ class RunConfig(BaseModel):
     dirichlet_alpha: float = Field(0.5, alias="dirichlet-alpha", gt=0)
     client_sampling: Literal["all", "per-domain", "uniform"] = Field("all", alias="client-sampling")
     clients_per_round: int = Field(0, alias="clients-per-round", ge=0)
-    lora_rank: int = Field(8, alias="lora-rank", ge=1)
-    lora_alpha: float = Field(8.0, alias="lora-alpha", gt=0)
-    lora_dropout: float = Field(0.1, alias="lora-dropout", ge=0, lt=1)
+    lora_rank: int = Field(_LORA.rank, alias="lora-rank", ge=1)
+    lora_alpha: float = Field(_LORA.alpha, alias="lora-alpha", gt=0)
+    lora_dropout: float = Field(_LORA.dropout, alias="lora-dropout", ge=0, lt=1)
     lora_targets: list[str] = Field(default_factory=list, alias="lora-targets")
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-5, alias="weight-decay", ge=0)
-    clip_norm: float = Field(10.0, alias="clip-norm", gt=0)
-    batch_size: int = Field(128, alias="batch-size", ge=1)
-    local_epochs: int = Field(1, alias="local-epochs", ge=1)
+    lr: float = Field(_TRAIN.lr, gt=0)
+    momentum: float = Field(_TRAIN.momentum, ge=0, lt=1)
+    weight_decay: float = Field(_TRAIN.weight_decay, alias="weight-decay", ge=0)
+    clip_norm: float = Field(_TRAIN.clip_norm, alias="clip-norm", gt=0)
+    batch_size: int = Field(_TRAIN.batch_size, alias="batch-size", ge=1)
+    local_epochs: int = Field(_TRAIN.local_epochs, alias="local-epochs", ge=1)
     local_steps: int = Field(0, alias="local-steps", ge=0)
     aggregation: Literal["uniform", "examples"] = "uniform"
-    depthfl_every: int = Field(3, alias="depthfl-every", ge=1)
-    depthfl_ramp_rounds: int = Field(500, alias="depthfl-ramp-rounds", ge=1)
-    inclusivefl_beta: float = Field(0.2, alias="inclusivefl-beta", ge=0, le=1)
+    depthfl_every: int = Field(_METHOD.depthfl_every, alias="depthfl-every", ge=1)
+    depthfl_ramp_rounds: int = Field(_METHOD.depthfl_ramp_rounds, alias="depthfl-ramp-rounds", ge=1)
+    inclusivefl_beta: float = Field(_METHOD.inclusivefl_beta, alias="inclusivefl-beta", ge=0, le=1)
     eval_every: int = Field(1, alias="eval-every", ge=0)
     eval_batch_size: int = Field(256, alias="eval-batch-size", ge=1)
     eval_max_examples: int = Field(0, alias="eval-max-examples", ge=0)
@@ -83,7 +86,8 @@ class RunConfig(BaseModel):
     max_update_norm: float = Field(0.0, alias="max-update-norm", ge=0)
     max_examples: int = Field(10_000_000, alias="max-examples", ge=1)
     round_timeout: float = Field(3600.0, alias="round-timeout", gt=0)
-    bf16: bool = False
+    query_timeout: float = Field(60.0, alias="query-timeout", gt=0)
+    bf16: bool = _TRAIN.bf16
 
     @field_validator("method")
     @classmethod

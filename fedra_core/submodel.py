@@ -53,6 +53,9 @@ def build_submodel(backbone: Backbone, blocks: Sequence[int], device: str | torc
     reset_head(fresh_head)
     tensors.update({f"{prefix}{k}": v for k, v in fresh_head.state_dict().items()})
     model.load_state_dict(tensors, assign=True, strict=True)
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a non-persistent buffer the family does not rebuild would silently hold no values
+        raise ValueError(f"the {family.name} sub-model has tensors no weights file fills: {left[:3]}")
     model.requires_grad_(False)
     return model.eval()
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 import fedra_core.demo  # noqa: F401  (registers the demo backbones the default config names)
@@ -23,8 +23,9 @@ from fedra_core.state import State, clone_state
 from fedra_core.trainable import build_trainable_model
 from server_app import outputs
 from server_app.checkpoint import CHECKPOINT_NAME, ServerState, load_checkpoint, save_checkpoint
+from server_app.discovery import NodeDiscovery
 from server_app.server_eval import ServerEvaluator
-from server_app.strategy import FedRAStrategy, NodeInfo
+from server_app.strategy import FedRAStrategy
 from server_app.validation import ReplyLimits
 
 log = logging.getLogger("fedra")
@@ -71,46 +72,6 @@ def prepare(cfg: RunConfig) -> tuple[Backbone, Method, State, ServerEvaluator | 
     return backbone, method, initial, server_eval
 
 
-def discover_nodes(grid: Grid, strategy: FedRAStrategy, timeout: float) -> None:
-    """Query every node not yet known for its capacity and partition; register those that answer."""
-    online = set(grid.get_node_ids())
-    for gone in [n for n in strategy.nodes if n not in online]:
-        log.warning("node %d is no longer connected: left out until it comes back", gone)
-        del strategy.nodes[gone]
-    new = [n for n in online if n not in strategy.nodes]
-    if not new:
-        return
-    messages = [
-        Message(RecordDict({"config": ConfigRecord({"fingerprint": strategy.fingerprint})}), dst_node_id=n, message_type=MessageType.QUERY)
-        for n in new
-    ]
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node_id = reply.metadata.src_node_id
-        if reply.has_error():
-            log.warning("node %d did not answer the capacity query: %s", node_id, reply.error.reason)
-            continue
-        metrics, config = reply.content["metrics"], reply.content["config"]
-        if config["fingerprint"] != strategy.fingerprint:
-            log.warning(
-                "node %d holds a different backbone (fingerprint %s, server %s): left out",
-                node_id, config["fingerprint"], strategy.fingerprint,
-            )
-            continue
-        try:
-            info = NodeInfo(
-                node_id, int(metrics["partition-id"]), int(metrics["capacity-layers"]), str(config["domain"]),
-                int(metrics["num-train"]), int(metrics["num-test"]), str(config["eval-set"]),
-            )
-            strategy.register(info)
-        except (KeyError, ValueError) as exc:
-            log.warning("node %d: %s: node left out", node_id, exc)
-            continue
-        log.info(
-            "node %d: domain %s, capacity %d blocks, %d train / %d test examples, device %s",
-            node_id, info.domain, info.capacity, info.num_train, info.num_test, config["device"],
-        )
-
-
 def run_federation(grid: Grid, run_config: dict) -> Path:
     """Run every round of a federation on ``grid``; return the run folder."""
     cfg = load_run_config(run_config)
@@ -133,22 +94,24 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
     )
     strategy.summary()
     first_round = 1
-    if cfg.resume and ckpt_path.is_file():
-        saved = load_checkpoint(ckpt_path)
+    discover = NodeDiscovery(cfg.query_timeout)
+    if cfg.resume:
+        saved = load_checkpoint(ckpt_path, expected=global_state)
         if saved.info.get("fingerprint") != backbone.fingerprint:
             raise ConfigError(f"resume: checkpoint {ckpt_path} was made with another backbone")
         if saved.info.get("config") != _resumable_config(cfg):
             raise ConfigError(
-                f"resume: checkpoint {ckpt_path} was made with another config; only num-server-rounds and "
-                "round-timeout may change on resume"
+                f"resume: checkpoint {ckpt_path} was made with another config; only num-server-rounds, "
+                "round-timeout and query-timeout may change on resume"
             )
         global_state, first_round = saved.global_state, saved.round + 1
         method.load_state_dict(saved.method_state)
+        discover.restored = dict(saved.info.get("capacities", {}))
         outputs.truncate_metrics(run_dir, saved.round)
         log.info("resuming %s after round %d", run_dir, saved.round)
     else:
         (run_dir / "metrics.jsonl").write_text("")
-        discover_nodes(grid, strategy, cfg.round_timeout)
+        discover(grid, strategy, 0)
         evaluation = evaluate_round(grid, strategy, server_eval, 0, global_state, cfg.round_timeout, left_out) if cfg.eval_every else {}
         _log_record(run_dir, {"round": 0, "seconds": 0.0, **evaluation}, cfg.num_server_rounds)
     save_config = {k: v for k, v in cfg.model_dump(by_alias=True).items()}
@@ -156,7 +119,7 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
 
     for server_round in range(first_round, cfg.num_server_rounds + 1):
         start = time.perf_counter()
-        discover_nodes(grid, strategy, cfg.round_timeout)
+        discover(grid, strategy, server_round)
         if not strategy.nodes:
             raise RuntimeError("no node answered the capacity query; is any SuperNode connected with the same backbone?")
         left_out["train"].clear()
@@ -222,7 +185,7 @@ def evaluate_round(
 
 def _resumable_config(cfg: RunConfig) -> dict:
     """The config keys that must not change between a run and its resumption."""
-    return cfg.model_dump(by_alias=True, exclude={"resume", "num_server_rounds", "round_timeout"})
+    return cfg.model_dump(by_alias=True, exclude={"resume", "num_server_rounds", "round_timeout", "query_timeout"})
 
 
 def _log_record(run_dir: Path, record: dict, num_rounds: int) -> None:

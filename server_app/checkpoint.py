@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -16,6 +18,10 @@ from fedra_core.state import State
 GLOBAL = "global/"
 METHOD = "method/"
 CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used for resuming; the message is one line naming the file."""
 
 
 @dataclass
@@ -50,10 +56,18 @@ def save_checkpoint(path: Path, state: ServerState) -> None:
         os.close(dir_fd)
 
 
-def load_checkpoint(path: Path) -> ServerState:
-    """Read a checkpoint written by :func:`save_checkpoint`; ValueError if missing or unreadable."""
+def load_checkpoint(path: Path, expected: Mapping[str, torch.Tensor] | None = None) -> ServerState:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    ``expected`` (the run's initial global state) makes every key and shape of the saved global state
+    be checked against it. Raises CheckpointError, one line naming the file: missing (with what to
+    do), unreadable, truncated or corrupt, or made for another model.
+    """
     if not path.is_file():
-        raise ValueError(f"resume: no checkpoint at {path}")
+        raise CheckpointError(
+            f"config key 'resume' = true: no checkpoint at {path} (name the run to resume with 'run-name', "
+            "or set resume=false to start a new run)"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -61,10 +75,16 @@ def load_checkpoint(path: Path) -> ServerState:
         round_ = int(metadata["round"])
         info = json.loads(metadata["info"])
     except Exception as exc:  # any corruption ends up here
-        raise ValueError(f"resume: checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc})") from None
-    return ServerState(
+        raise CheckpointError(f"resume: checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc})") from None
+    state = ServerState(
         round=round_,
         global_state={k[len(GLOBAL):]: v for k, v in tensors.items() if k.startswith(GLOBAL)},
         method_state={k[len(METHOD):]: v for k, v in tensors.items() if k.startswith(METHOD)},
         info=info,
     )
+    if expected is not None:
+        got = state.global_state
+        wrong = sorted(set(expected) ^ set(got)) or [k for k in expected if tuple(got[k].shape) != tuple(expected[k].shape)]
+        if wrong:
+            raise CheckpointError(f"resume: checkpoint {path} does not fit this run's model (first differing key {wrong[0]!r})")
+    return state

@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
 COMPOSE_FILES = [DEPLOY / "compose.yaml", DEPLOY / "compose.tls.yaml", DEPLOY / "compose.hostnet.yaml"]
-PROJECT = "fedra-compose-test"
+PROJECT_PREFIX = "fedra-compose-test-"
+PROJECT = f"{PROJECT_PREFIX}{os.getpid()}"  # one compose project per test process: runs may overlap
 IMAGES = {"superlink": "fedra/superlink:flwr1.41.0", "supernode": "fedra/supernode:flwr1.41.0"}
 STANDIN = {"superlink": "fedra-base/superlink:1.41.0", "supernode": "fedra-base/supernode:1.41.0"}
 NODES = {"supernode-1": ("mnist", 12), "supernode-2": ("printed", 6), "supernode-3": ("usps", 3)}
@@ -168,6 +169,11 @@ def _reachable(url: str, timeout: float = 15) -> bool:
         return False
 
 
+def _image_id(image: str) -> str:
+    out = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True, timeout=60)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def _host_pip_index() -> str:
     if os.environ.get("PIP_INDEX_URL"):
         return os.environ["PIP_INDEX_URL"]
@@ -185,9 +191,13 @@ def _run_config_args(values: dict) -> list[str]:
 
 
 def _report(request, line: str) -> None:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
+    """Print ``line`` on the terminal even under pytest's output capture (build and run timings)."""
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        print(line, flush=True)
+        return
+    with capman.global_and_fixture_disabled():
+        print(line, flush=True)
 
 
 # --- fixtures --------------------------------------------------------------------------------------
@@ -252,13 +262,16 @@ def images(request, compose) -> dict[str, str]:
     torch_index = os.environ.get("TORCH_INDEX_URL") or (
         "" if _reachable("https://download.pytorch.org/whl/cpu/torch/") else _host_pip_index())
     for kind in ("superlink", "supernode"):
-        cmd = ["docker", "build", "--network", "host", "-f", str(REPO / "docker" / f"{kind}.Dockerfile"),
+        cmd = ["docker", "build", "--network", "host", "--force-rm", "-f", str(REPO / "docker" / f"{kind}.Dockerfile"),
                "--build-arg", f"BASE_IMAGE={bases[kind]}", "-t", IMAGES[kind]]
         if torch_index:
             cmd += ["--build-arg", f"TORCH_INDEX_URL={torch_index}"]
+        before = _image_id(IMAGES[kind])
         start = time.monotonic()
         _run([*cmd, str(REPO)], timeout=3600)
         TIMINGS[f"{kind} image"] = time.monotonic() - start
+        if before and before != _image_id(IMAGES[kind]):  # rebuilt (pyproject.toml changed): drop the old image
+            _ok(["docker", "image", "rm", before])  # refused, harmlessly, while something still uses it
     _report(request, f"\ncompose test: bases {'stand-ins ' + str(list(STANDIN.values())) if standin else str(list(bases.values()))}, "
             f"torch from {torch_index or 'the Dockerfiles default index'}")
     return IMAGES
@@ -302,7 +315,7 @@ def federation(request, compose, images, tmp_path_factory) -> dict:
                 + ", ".join(f"{k} {v:.0f} s" for k, v in TIMINGS.items()))
 
     request.addfinalizer(teardown)  # before anything starts: a failed start is torn down too
-    subprocess.run([*base, "down", "-v", "--remove-orphans"], capture_output=True, env=env, timeout=600)  # leftovers of a killed run
+    _remove_stale_projects()
     start = time.monotonic()
     _run([*base, "up", "-d", "--no-build", "superlink"], env=env, timeout=600)
     flwr_cli = ["bash", str(DEPLOY / "register_nodes.sh"), "--superlink", f"127.0.0.1:{sl_port}", "--ca", str(fed["ca"]),
@@ -324,6 +337,34 @@ def federation(request, compose, images, tmp_path_factory) -> dict:
     TIMINGS["up + register + online"] = time.monotonic() - start
     fed["node_ids"] = {int(n["node-id"]) for n in online}
     return fed
+
+
+def _remove_stale_projects() -> None:
+    """Remove the containers and volumes of earlier runs of this test whose process is gone."""
+    label = "com.docker.compose.project"
+    for kind in ("ps -a", "volume ls"):
+        out = subprocess.run(["docker", *kind.split(), "--filter", f"label={label}", "--format", f'{{{{.Label "{label}"}}}}'],
+                             capture_output=True, text=True, timeout=60).stdout
+        for project in set(out.split()):
+            pid = project.removeprefix(PROJECT_PREFIX)
+            if not project.startswith(PROJECT_PREFIX) or not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if kind == "ps -a":
+                ids = _run(["docker", "ps", "-aq", "--filter", f"label={label}={project}"]).stdout.split()
+                _run(["docker", "rm", "-f", "-v", *ids], check=False)
+            else:
+                vols = _run(["docker", "volume", "ls", "-q", "--filter", f"label={label}={project}"]).stdout.split()
+                _run(["docker", "volume", "rm", "-f", *vols], check=False)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _flwr_json(fed: dict, *args: str) -> dict:

@@ -196,15 +196,13 @@ def test_global_adapter_changed_only_where_allocated(run_dir: Path, run_config: 
     allocated = np.zeros(12, dtype=bool)
     for r in _rounds(run_dir):
         allocated |= np.array(r["allocation"]).astype(bool).any(axis=0)
-    # With a capacity-12 node every block is held in every round; the "never allocated" branch
-    # below is what guards any other set of capacities.
+    # a capacity-12 node holds every block in every round, so every block trained (that blocks
+    # nobody holds keep their values is tests/test_toy_method.py's check)
     assert allocated.all()
     for key in initial:
         block = block_of_key(key)
         if block is None:  # shared keys (head, final norm): every node trains them
             assert not torch.equal(final[key], initial[key]), f"shared key {key} did not change"
-        elif not allocated[block]:
-            assert torch.equal(final[key], initial[key]), f"{key}: block {block} was never allocated but changed"
         elif "lora_B" in key:
             assert torch.count_nonzero(initial[key]) == 0, f"{key} should start at zero"
             assert torch.count_nonzero(final[key]) > 0, f"{key}: block {block} was trained but LoRA B is still zero"

@@ -62,6 +62,10 @@ class ModelFamily(ABC):
         """Run the held blocks of ``model`` in order on ``tokens``; return the tokens."""
         return model.blocks(tokens)
 
+    def tokens_of(self, hidden: Any) -> torch.Tensor:
+        """Return the token states of the value passed between blocks (itself for the timm families)."""
+        return hidden
+
     def head(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         """Final norm, pooling and classifier on the last block's tokens; return the logits."""
         return model.head(self.pool(model, model.norm(tokens)))

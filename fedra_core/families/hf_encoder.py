@@ -177,10 +177,13 @@ class HFEncoder(ModelFamily):
         """The pooler: first token, dense, tanh."""
         return model.pooler(tokens)
 
+    def tokens_of(self, hidden: Any) -> torch.Tensor:
+        """Return the token states (N, T, width) of the value passed between blocks (``(states, mask)``)."""
+        return hidden[0] if isinstance(hidden, tuple) else hidden
+
     def head(self, model: nn.Module, tokens: Any) -> torch.Tensor:
         """Pooler, classifier dropout and head on the last block's ``(hidden states, mask)``."""
-        hidden = tokens[0] if isinstance(tokens, tuple) else tokens
-        return model.head(model.dropout(self.pool(model, hidden)))
+        return model.head(model.dropout(self.pool(model, self.tokens_of(tokens))))
 
     def width(self, model: nn.Module) -> int:  # noqa: D102
         return int(model.hf_config.hidden_size)
@@ -190,8 +193,12 @@ class HFEncoder(ModelFamily):
 
     def recipe(self, registry_name: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """``hf_class`` and ``hf_model_type``; ``hf_checkpoint``, the folder to load with
-        ``from_pretrained(folder, num_labels=num_classes, **model_kwargs)`` (None for a config built from
-        ``model_kwargs``); ``hf_config``, the full resolved config (``BertConfig.from_dict``)."""
+        ``from_pretrained(folder, num_labels=num_classes, dtype=torch.float32, **model_kwargs)`` (None for a
+        config built from ``model_kwargs``: then ``BertConfig.from_dict(hf_config)`` and the weights file,
+        keys mapped by :meth:`native_key`); ``hf_config``, the full resolved config; ``hf_dtype`` (the
+        weights file is float32 whatever the checkpoint's dtype); ``transformers_version``."""
+        import transformers
+
         config = load_config(registry_name, kwargs)
         folder = str(Path(registry_name).expanduser().resolve()) if registry_name is not None else None
         return {
@@ -199,6 +206,8 @@ class HFEncoder(ModelFamily):
             "hf_model_type": config.model_type,
             "hf_checkpoint": folder,
             "hf_config": json.loads(config.to_json_string(use_diff=False)),
+            "hf_dtype": "float32",
+            "transformers_version": transformers.__version__,
         }
 
     def native_key(self, key: str) -> str:

@@ -46,7 +46,7 @@ class ExitHead(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, tokens: torch.Tensor, model: nn.Module, family: ModelFamily) -> torch.Tensor:
-        return self.fc(family.pool(model, self.norm(tokens)))
+        return self.fc(family.pool(model, self.norm(family.tokens_of(tokens))))
 
 
 def add_exits(model: nn.Module, family: ModelFamily, every: int) -> nn.Module:

@@ -1,0 +1,92 @@
+"""Node discovery: which SuperNodes take part, what each can hold, and who is left out for now."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from server_app.strategy import FedRAStrategy, NodeInfo
+
+log = logging.getLogger("fedra")
+
+
+@dataclass
+class NodeDiscovery:
+    """Queries every connected node the strategy does not know yet (capacity, domain, counts,
+    backbone fingerprint) and registers those that answer well.
+
+    A node whose query fails (an error, no answer within ``timeout`` seconds, a bad capacity, another
+    backbone) is left out with one logged line naming it and the reason, and asked again after 1, 2,
+    4, ... rounds, so that a broken node costs at most one query timeout now and then. ``restored``
+    (node id -> capacity, from a checkpoint) replaces the queried capacity of a node the interrupted
+    run had seen: what it last reported in a reply is what the run used.
+    """
+
+    timeout: float
+    restored: dict[str, int] = field(default_factory=dict)
+    _retry_round: dict[int, int] = field(default_factory=dict)
+    _failures: dict[int, int] = field(default_factory=dict)
+
+    def __call__(self, grid: Grid, strategy: FedRAStrategy, server_round: int) -> None:
+        """Update ``strategy``'s nodes before ``server_round``: drop the disconnected, register the new."""
+        online = set(grid.get_node_ids())
+        for gone in [n for n in strategy.nodes if n not in online]:
+            log.warning("node %d is no longer connected: left out until it comes back", gone)
+            del strategy.nodes[gone]
+        new = sorted(n for n in online if n not in strategy.nodes and self._retry_round.get(n, 0) <= server_round)
+        if not new:
+            return
+        messages = {
+            n: Message(RecordDict({"config": ConfigRecord({"fingerprint": strategy.fingerprint})}), dst_node_id=n,
+                       message_type=MessageType.QUERY)
+            for n in new
+        }
+        replies = list(grid.send_and_receive(list(messages.values()), timeout=self.timeout))
+        node_of = {m.metadata.message_id: n for n, m in messages.items() if m.metadata.message_id}
+        answered: set[int] = set()
+        for reply in replies:
+            node_id = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if node_id not in messages or node_id in answered:
+                continue
+            answered.add(node_id)
+            reason = self._register(strategy, node_id, reply)
+            if reason:
+                self._leave_out(node_id, server_round, reason)
+        for node_id in new:
+            if node_id not in answered:
+                self._leave_out(node_id, server_round, f"no answer to the capacity query within {self.timeout:g} s")
+
+    def _register(self, strategy: FedRAStrategy, node_id: int, reply: Message) -> str:
+        """Register the node of a query reply; return why it is left out ("" when registered)."""
+        if reply.has_error():
+            return f"its capacity query failed: {reply.error.reason}"
+        try:
+            metrics, config = reply.content["metrics"], reply.content["config"]
+            if config["fingerprint"] != strategy.fingerprint:
+                return f"it holds another backbone (fingerprint {config['fingerprint']}, server {strategy.fingerprint})"
+            capacity = int(metrics["capacity-layers"])
+            if str(node_id) in self.restored:
+                capacity = int(self.restored.pop(str(node_id)))
+            info = NodeInfo(
+                node_id, int(metrics["partition-id"]), capacity, str(config["domain"]),
+                int(metrics["num-train"]), int(metrics["num-test"]), str(config["eval-set"]),
+            )
+            strategy.register(info)
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"its capacity reply is unusable: {exc}"
+        self._failures.pop(node_id, None)
+        self._retry_round.pop(node_id, None)
+        log.info(
+            "node %d: domain %s, capacity %d blocks, %d train / %d test examples, device %s",
+            node_id, info.domain, info.capacity, info.num_train, info.num_test, config["device"],
+        )
+        return ""
+
+    def _leave_out(self, node_id: int, server_round: int, reason: str) -> None:
+        failures = self._failures[node_id] = self._failures.get(node_id, 0) + 1
+        retry = server_round + 2 ** (failures - 1)
+        self._retry_round[node_id] = retry
+        log.warning("node %d left out: %s (asked again in round %d)", node_id, reason, retry)
