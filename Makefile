@@ -28,15 +28,16 @@ demo: venv
 # The tests keep their own cache (built digits benchmark, seeded backbones), apart from the demo's.
 TEST_ENV := FEDRA_CACHE=$(CURDIR)/.cache/tests HF_HUB_OFFLINE=1
 
+# everything but the docker-compose federation (its image build alone takes minutes: make test-compose)
 test: venv
-	$(TEST_ENV) $(BIN)/python -m pytest -q
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not docker"
 
 test-fast: venv
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not docker"
 
 # The docker-compose federation built and run for real (needs Docker; see tests/test_compose_up.py)
 test-compose: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m docker tests/test_compose_up.py
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m docker
 
 data: venv
 	$(BIN)/python -m fedra_core.demo.digits

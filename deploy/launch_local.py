@@ -348,7 +348,13 @@ class LocalFederation:
         output = "".join(lines)
         found = re.search(r"started run (\d+)", output)
         run_id = int(found.group(1)) if found else None
-        return RunResult(proc.returncode, output, log, run_id, self.run_status(run_id) if run_id else "not started")
+        status = "not started"
+        if run_id:
+            try:
+                status = self.run_status(run_id)
+            except RuntimeError:  # the SuperLink is gone (killed, or not restarted yet)
+                status = "unknown: SuperLink unreachable"
+        return RunResult(proc.returncode, output, log, run_id, status)
 
     def run_status(self, run_id: int) -> str:
         """Return the SuperLink's status of run ``run_id`` (``flwr ls --run-id``), e.g. ``finished:completed``."""

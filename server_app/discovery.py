@@ -19,8 +19,8 @@ class NodeDiscovery:
     backbone fingerprint) and registers those that answer well.
 
     A node whose query fails (an error, no answer within ``timeout`` seconds, a bad capacity, another
-    backbone) is left out with one logged line naming it and the reason, and asked again after 1, 2,
-    4, ... rounds, so that a broken node costs at most one query timeout now and then. ``restored``
+    backbone) is left out with one logged line naming it and the reason, and asked again after 2, 4,
+    8, ... rounds, so that a broken node costs at most one query timeout now and then. ``restored``
     (node id -> capacity, from a checkpoint) replaces the queried capacity of a node the interrupted
     run had seen: what it last reported in a reply is what the run used.
     """
@@ -87,6 +87,6 @@ class NodeDiscovery:
 
     def _leave_out(self, node_id: int, server_round: int, reason: str) -> None:
         failures = self._failures[node_id] = self._failures.get(node_id, 0) + 1
-        retry = server_round + 2 ** (failures - 1)
+        retry = server_round + 2**failures
         self._retry_round[node_id] = retry
         log.warning("node %d left out: %s (asked again in round %d)", node_id, reason, retry)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from bench._common import TINY_RUN  # noqa: F401  (three nodes on three digits domains, a tiny seeded ViT)
+
 NODES = {101: {"partition-id": 0}, 102: {"partition-id": 1}, 103: {"partition-id": 2}}
 
 
@@ -49,3 +50,31 @@ def write_imagefolder(root, domain: str, max_train: int = 0, max_test: int = 0, 
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"{i:05d}.png")
     return root
+
+
+def run_inprocess(tmp_path, nodes=NODES, intercept=None, **overrides) -> tuple:
+    """Run a federation in process; return (run folder, grid, [(round, node, reply)])."""
+    replies = []
+
+    def record(node_id, message, reply):
+        if reply is not None and message.metadata.message_type == "train":
+            reply = intercept(node_id, message, reply) if intercept else reply
+            if reply is not None:
+                replies.append((int(message.content["config"]["server-round"]), node_id, reply))
+        return reply
+
+    from client_app.app import app as client_app  # as flwr run loads it; the helpers stay importable without it
+    from runners.local import InProcessGrid
+    from server_app.app import run_federation
+
+    run_config = {**TINY_RUN, "output-dir": str(tmp_path), "run-name": "run", **overrides}
+    grid = InProcessGrid(client_app, nodes, run_config, intercept=record)
+    return run_federation(grid, run_config), grid, replies
+
+
+def train_messages(grid, server_round: int) -> list:
+    """Train messages of one round in send order (partition order)."""
+    return [
+        m for m in grid.sent
+        if m.metadata.message_type == "train" and int(m.content["config"]["server-round"]) == server_round
+    ]

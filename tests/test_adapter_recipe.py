@@ -77,6 +77,7 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["demo-vit", "demo-mixer", "generic-vit", "registry", "hub"])
 def test_readme_recipe_rebuilds_the_global_model_in_a_fresh_process(tmp_path, tiny_vit, case):
     if case == "generic-vit":
@@ -120,6 +121,7 @@ def test_demo_presets_record_their_full_constructor_arguments(tmp_path):
     assert meta["model_kwargs"] == dict(img_size=28, patch_size=7, in_chans=3, embed_dim=96, num_blocks=12, mlp_ratio=[0.5, 4.0])
 
 
+@pytest.mark.slow
 def test_the_recipe_finds_the_weights_at_the_recorded_path_and_refuses_a_file_that_is_not_the_runs(tmp_path, tiny_vit):
     model, state = tuned_model(tiny_vit)
     adapter = export_peft_adapter(state, tiny_vit, LoraSettings(), tmp_path / "adapter")

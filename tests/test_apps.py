@@ -2,46 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from app_helpers import NODES, TINY_RUN, allocation_rows, initial_global_state
-from client_app.app import app as client_app
+pytestmark = pytest.mark.slow  # every test here runs a federation in process
+
+from app_helpers import NODES, TINY_RUN, allocation_rows, initial_global_state, run_inprocess, train_messages
 from fedra_core import aggregate_fedra, get_method, resolve_backbone
 from fedra_core.run_config import load_run_config
+from client_app.app import app as client_app
 from runners.local import InProcessGrid
 from server_app.app import run_federation
 from server_app.checkpoint import load_checkpoint
-
-
-def run_inprocess(tmp_path: Path, nodes=NODES, intercept=None, **overrides) -> tuple[Path, InProcessGrid, list]:
-    """Run a federation in process; return (run folder, grid, [(round, node, reply)])."""
-    replies = []
-
-    def record(node_id, message, reply):
-        if reply is not None and message.metadata.message_type == "train":
-            reply = intercept(node_id, message, reply) if intercept else reply
-            if reply is not None:
-                replies.append((int(message.content["config"]["server-round"]), node_id, reply))
-        return reply
-
-    run_config = {**TINY_RUN, "output-dir": str(tmp_path), "run-name": "run", **overrides}
-    grid = InProcessGrid(client_app, nodes, run_config, intercept=record)
-    return run_federation(grid, run_config), grid, replies
-
-
-def train_messages(grid: InProcessGrid, server_round: int) -> list:
-    """Train messages of one round in send order (partition order)."""
-    return [
-        m for m in grid.sent
-        if m.metadata.message_type == "train" and int(m.content["config"]["server-round"]) == server_round
-    ]
 
 
 def replay(run_config: dict, grid: InProcessGrid, replies: list, weighted: bool) -> list[dict]:
@@ -100,8 +80,13 @@ def test_run_folder_outputs_and_metrics(tmp_path):
         assert r["allocation"] == [
             [int(j in m.content["config"]["blocks"]) for j in range(12)] for m in sent
         ]
-        for m in sent:  # bytes on the wire: what the ArrayRecord serialises to
-            assert r["bytes-sent"][str(m.metadata.dst_node_id)] == sum(len(a.data) for a in m.content["arrays"].values())
+        for m in sent:  # bytes on the wire, by hand: each tensor as numpy's .npy file (how Flower serialises an Array)
+            by_hand = 0
+            for tensor in m.content["arrays"].to_torch_state_dict().values():
+                buffer = io.BytesIO()
+                np.save(buffer, tensor.numpy(), allow_pickle=False)
+                by_hand += buffer.tell()
+            assert r["bytes-sent"][str(m.metadata.dst_node_id)] == by_hand
         assert set(r["accuracy"]) == {"mnist", "printed", "usps"}
         assert r["average"] == pytest.approx(sum(r["accuracy"].values()) / 3)
     assert "| 3 |" in (run_dir / "summary.md").read_text()

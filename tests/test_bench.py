@@ -85,6 +85,7 @@ def test_summary_mean_spread_and_paired_gap(tmp_path: Path) -> None:
     assert summary["feature"]["rich-easy"]["_curves"]["fedra"] == {0: [10.0, 10.0], 2: [30.0, 50.0]}
 
 
+@pytest.mark.slow
 def test_head_probe_rebuilds_the_runs_final_model(tmp_path: Path) -> None:
     from app_helpers import NODES, TINY_RUN
     from bench.head_probe import probe

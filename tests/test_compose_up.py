@@ -92,6 +92,8 @@ def _apt_install(*packages: str) -> bool:
 
 
 def _apt_candidate(package: str) -> str:
+    if shutil.which("apt-cache") is None:
+        return ""
     out = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True, timeout=60).stdout
     found = re.search(r"Candidate:\s*(\S+)", out)
     return found.group(1) if found and found.group(1) != "(none)" else ""
@@ -255,6 +257,8 @@ def images(request, compose) -> dict[str, str]:
     standin = os.environ.get("FEDRA_STANDIN_BASES") == "1" or not all(
         _ok(["docker", "image", "inspect", image]) or _ok(["docker", "pull", image], timeout=900) for image in bases.values())
     if standin:
+        if shutil.which("debootstrap") is None and not _apt_install("debootstrap"):
+            _unavailable("Flower's base images cannot be pulled, and debootstrap (for the stand-ins) could not be installed")
         start = time.monotonic()
         _run(["bash", str(REPO / "docker" / "build_base_images.sh")], timeout=1800)
         TIMINGS["stand-in bases"] = time.monotonic() - start

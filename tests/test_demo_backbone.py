@@ -77,6 +77,7 @@ def test_subset_accuracy_on_tiny_set() -> None:
     assert acc == pytest.approx(sum(accs) / 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["demo-vit", "demo-mixer"])
 def test_tiny_build_is_cached_without_head(cache: Path, name: str) -> None:
     path = demo_backbone_file(name, steps=3, eval_images=200)

@@ -150,6 +150,7 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_federated_and_server_side_evaluation_agree_to_the_last_digit(tmp_path):
     nodes = {101: {"partition-id": 0}, 102: {"partition-id": 1}, 103: {"partition-id": 2}}
     records = _records(_run(tmp_path, nodes, **{"server-eval-format": "dataset", "num-server-rounds": 2}))
@@ -161,6 +162,7 @@ def test_federated_and_server_side_evaluation_agree_to_the_last_digit(tmp_path):
         assert sorted(r["eval-nodes"]) == [101, 102, 103] and r["eval-rejected"] == {}
 
 
+@pytest.mark.slow
 def test_nodes_with_only_their_own_imagefolder_train_and_evaluate_and_a_bad_eval_reply_is_dropped(tmp_path):
     nodes = {}
     for nid, (domain, cap) in zip((201, 202, 203), (("mnist", 12), ("printed", 6), ("usps", 3))):
@@ -184,6 +186,7 @@ def test_nodes_with_only_their_own_imagefolder_train_and_evaluate_and_a_bad_eval
     assert np.array(trained[0]["allocation"]).sum(axis=1).tolist() == [12, 6, 3]
 
 
+@pytest.mark.slow
 def test_server_side_imagefolder_evaluation_equals_a_node_holding_the_same_folder(tmp_path):
     held_out = write_imagefolder(tmp_path / "held-out", "printed", max_train=16, max_test=30)
     nodes = {301: {"data-format": "imagefolder", "data-root": str(held_out), "capacity-layers": 4}}

@@ -18,7 +18,7 @@ from app_helpers import NODES, TINY_RUN, allocation_rows, initial_global_state
 from fedra_core import aggregate_fedra
 from fedra_core.run_config import ConfigError, load_run_config
 from server_app.checkpoint import load_checkpoint
-from test_apps import run_inprocess, train_messages
+from app_helpers import run_inprocess, train_messages
 
 BAD = 103  # the node that misbehaves
 
@@ -64,6 +64,7 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))
 def test_bad_reply_is_rejected_and_round_equals_good_replies_alone(tmp_path, kind):
     good = []
@@ -88,6 +89,7 @@ def test_bad_reply_is_rejected_and_round_equals_good_replies_alone(tmp_path, kin
     assert all(torch.equal(final[k], expected[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_dead_node_is_dropped_and_too_few_replies_skip_the_round(tmp_path):
     drop = lambda node_id, message, reply: None if node_id == BAD else reply  # noqa: E731
     run_dir, _, _ = run_inprocess(tmp_path, intercept=drop, **{"num-server-rounds": 1})
@@ -102,6 +104,7 @@ def test_dead_node_is_dropped_and_too_few_replies_skip_the_round(tmp_path):
     assert all(torch.equal(final[k], initial[k]) for k in initial)
 
 
+@pytest.mark.slow
 def test_node_raising_mid_round_does_not_crash_the_run(tmp_path):
     def boom(node_id, message, reply):
         if node_id == BAD:

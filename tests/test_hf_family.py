@@ -284,6 +284,7 @@ pad = model.config.pad_token_id
 """
 
 
+@pytest.mark.slow
 def test_exported_adapter_loads_with_plain_transformers_and_peft(tmp_path, tiny_bert, checkpoint):
     state = _global_state(tiny_bert, seed=2)
     model = build_trainable_model(tiny_bert, range(6), LoraSettings(), get_method("fedra"))

@@ -19,7 +19,7 @@ import torch
 from flwr.app import Message, MetricRecord, RecordDict
 
 from server_app.checkpoint import CheckpointError, load_checkpoint
-from test_apps import run_inprocess
+from app_helpers import run_inprocess
 
 SHRINKING = 102  # reports 4 blocks instead of its configured 6 in every training reply
 
@@ -38,7 +38,7 @@ sys.path.insert(0, {tests!r})
 import torch; torch.set_num_threads({threads})
 from pathlib import Path
 from test_resume import shrink
-from test_apps import run_inprocess
+from app_helpers import run_inprocess
 if {in_write}:  # block for good between the temporary file and the rename of round 3's checkpoint
     import server_app.checkpoint as checkpoint
     real_replace = checkpoint.os.replace
@@ -107,18 +107,21 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(tmp_path, method, i
     assert [r.get("train-loss") for r in records] == [r.get("train-loss") for r in full_records]
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_config(tmp_path):
     run_inprocess(tmp_path, **{"num-server-rounds": 1})
     with pytest.raises(ValueError, match="was made with another config"):
         run_inprocess(tmp_path, **{"num-server-rounds": 2, "resume": True, "lr": 0.1})
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_names_the_path(tmp_path):
     expected = tmp_path / "run" / "checkpoint.safetensors"
     with pytest.raises(CheckpointError, match=f"no checkpoint at {expected}"):
         run_inprocess(tmp_path, **{"num-server-rounds": 1, "resume": True})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign"])
 def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path, damage):
     run_dir, _, _ = run_inprocess(tmp_path, **{"num-server-rounds": 1})

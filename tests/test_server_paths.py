@@ -17,7 +17,7 @@ from app_helpers import TINY_RUN
 from fedra_core.methods import get_method
 from fedra_core.run_config import ConfigError
 from server_app.strategy import FedRAStrategy, NodeInfo
-from test_apps import run_inprocess, train_messages
+from app_helpers import run_inprocess, train_messages
 
 DOMAINS = ["a", "a", "b", "b", "c", "c"]  # two nodes per domain
 
@@ -71,6 +71,7 @@ def test_depthfl_distillation_weight_reaches_every_training_message(tmp_path):
         assert weights[0] == consistency_weight(r, 4)
 
 
+@pytest.mark.slow
 def test_capacity_outside_range_reported_later_is_ignored_and_logged(tmp_path, caplog):
     def claim_99(node_id, message, reply):
         if node_id != 102:

@@ -129,6 +129,7 @@ def test_bad_block_indices(tiny_vit, blocks):
         build_submodel(tiny_vit, blocks)
 
 
+@pytest.mark.slow
 def test_exported_adapter_loads_with_plain_timm_and_peft(tiny_vit, tmp_path):
     """A fresh process builds the timm model, loads the adapter with PeftModel.from_pretrained and
     reproduces the logits of our adapted model."""
