@@ -6,7 +6,6 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +16,9 @@ pytestmark = pytest.mark.slow  # every test here runs a federation in process
 
 from app_helpers import NODES, TINY_RUN, allocation_rows, initial_global_state, run_inprocess, train_messages
 from fedra_core import aggregate_fedra, get_method, resolve_backbone
-from fedra_core.run_config import load_run_config
 from client_app.app import app as client_app
+from fedra_core.run_config import load_run_config
 from runners.local import InProcessGrid
-from server_app.app import run_federation
 from server_app.checkpoint import load_checkpoint
 
 

@@ -1,24 +1,17 @@
-"""Untrusted replies, failing nodes, skipped rounds, kill-and-resume, config errors."""
+"""Untrusted replies, failing nodes, skipped rounds, config errors (kill-and-resume: test_resume.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 
-from app_helpers import NODES, TINY_RUN, allocation_rows, initial_global_state
+from app_helpers import TINY_RUN, allocation_rows, initial_global_state, run_inprocess
 from fedra_core import aggregate_fedra
 from fedra_core.run_config import ConfigError, load_run_config
 from server_app.checkpoint import load_checkpoint
-from app_helpers import run_inprocess, train_messages
 
 BAD = 103  # the node that misbehaves
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from app_helpers import TINY_RUN
 from fedra_core.methods import get_method
 from fedra_core.run_config import ConfigError
 from server_app.strategy import FedRAStrategy, NodeInfo
