@@ -442,17 +442,7 @@ class LocalFederation:
 
     def _flwr_json(self, *args: str) -> dict:
         """Run ``flwr ARGS --format json`` as the operator; return the reply (RuntimeError on failure)."""
-        out = subprocess.run(
-            [self._bin("flwr"), *args, "--format", "json"], env={**self.env, "FLWR_HOME": str(self.operator_home)},
-            capture_output=True, text=True, timeout=60,
-        )
-        try:
-            reply = json.loads(out.stdout[out.stdout.index("{"):])
-        except ValueError:
-            reply = {}
-        if out.returncode != 0 or not reply.get("success"):
-            raise RuntimeError(f"flwr {' '.join(args)} failed ({out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
-        return reply
+        return flwr_json(self._bin("flwr"), args, {**self.env, "FLWR_HOME": str(self.operator_home)})
 
     def _bin(self, name: str) -> str:
         found = shutil.which(name, path=self.env["PATH"])
@@ -479,6 +469,21 @@ class LocalFederation:
             )
         self.processes[name] = proc
         return proc
+
+
+def flwr_json(flwr: str, args: Sequence[str], env: Mapping[str, str], timeout: float = 120.0) -> dict:
+    """Run ``flwr ARGS --format json`` (the executable ``flwr``) with ``env``; return its reply.
+
+    Raises RuntimeError with the command's output when it fails or reports no success.
+    """
+    out = subprocess.run([flwr, *args, "--format", "json"], env=dict(env), capture_output=True, text=True, timeout=timeout)
+    try:
+        reply = json.loads(out.stdout[out.stdout.index("{"):])
+    except ValueError:
+        reply = {}
+    if out.returncode != 0 or not reply.get("success"):
+        raise RuntimeError(f"flwr {' '.join(args)} failed ({out.returncode}): {out.stdout[-1000:]} {out.stderr[-1000:]}")
+    return reply
 
 
 def _gone(p: psutil.Process) -> bool:

@@ -40,3 +40,33 @@ def tiny_mixer():
     from fedra_core import BackboneSpec, resolve_backbone
 
     return resolve_backbone(BackboneSpec(name="mixer", model_kwargs=TINY_MIXER, weights="random", num_classes=10))
+
+
+@pytest.fixture
+def tensors_read(monkeypatch) -> list[str]:
+    """The names of the tensors sub-model builds read from backbone files during the test, in order."""
+    import fedra_core.submodel as submodel_mod
+
+    read: list[str] = []
+    real_safe_open = submodel_mod.safe_open
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            self.inner = real_safe_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.f = self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def keys(self):
+            return self.f.keys()
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.f.get_tensor(key)
+
+    monkeypatch.setattr(submodel_mod, "safe_open", Recording)
+    return read

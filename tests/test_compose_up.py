@@ -37,6 +37,8 @@ import pytest
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # deploy/ is not installed: import it from the checkout
+    sys.path.insert(0, str(REPO))
 DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
 COMPOSE_FILES = [DEPLOY / "compose.yaml", DEPLOY / "compose.tls.yaml", DEPLOY / "compose.hostnet.yaml"]
@@ -372,14 +374,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _flwr_json(fed: dict, *args: str) -> dict:
-    out = subprocess.run([str(BIN / "flwr"), *args, "--format", "json"], capture_output=True, text=True, env=fed["env"], timeout=120)
-    try:
-        reply = json.loads(out.stdout[out.stdout.index("{"):])
-    except ValueError:
-        reply = {}
-    if out.returncode != 0 or not reply.get("success"):
-        raise RuntimeError(f"flwr {' '.join(args)} failed ({out.returncode}): {out.stdout[-1000:]} {out.stderr[-1000:]}")
-    return reply
+    from deploy.launch_local import flwr_json
+
+    return flwr_json(str(BIN / "flwr"), args, fed["env"])
 
 
 def _online_nodes(fed: dict) -> list[dict]:

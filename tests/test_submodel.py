@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import fedra_core.submodel as submodel_mod
 from fedra_core import LoraSettings, build_submodel, trainable_state
 from fedra_core.backbones import create_skeleton
 from fedra_core.lora import add_lora, export_peft_adapter, load_trainable_state
@@ -87,29 +86,8 @@ def test_keys_are_global_and_bytes_match_analytic_count(tiny_vit):
     assert sum(t.numel() * t.element_size() for t in state.values()) == analytic
 
 
-def test_lazy_reads_touch_only_held_blocks(tiny_vit, monkeypatch):
-    read = []
-    real_safe_open = submodel_mod.safe_open
-
-    class Recording:
-        def __init__(self, *args, **kwargs):
-            self.inner = real_safe_open(*args, **kwargs)
-
-        def __enter__(self):
-            self.f = self.inner.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.inner.__exit__(*exc)
-
-        def keys(self):
-            return self.f.keys()
-
-        def get_tensor(self, key):
-            read.append(key)
-            return self.f.get_tensor(key)
-
-    monkeypatch.setattr(submodel_mod, "safe_open", Recording)
+def test_lazy_reads_touch_only_held_blocks(tiny_vit, tensors_read):
+    read = tensors_read
     held = [2, 5, 9]
     model = build_submodel(tiny_vit, held)
     read_blocks = {int(k.split(".")[1]) for k in read if k.startswith("blocks.")}
