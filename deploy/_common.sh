@@ -11,7 +11,7 @@ fedra_bin() {
   elif [[ -x "$FEDRA_REPO/.venv/bin/$name" ]]; then
     echo "$FEDRA_REPO/.venv/bin/$name"
   else
-    echo "error: $name not found on PATH nor in $FEDRA_REPO/.venv/bin (pip install flwr==1.41.0)" >&2
+    echo "error: $name not found on PATH nor in $FEDRA_REPO/.venv/bin (pip install flwr==1.42.0)" >&2
     return 1
   fi
 }

@@ -447,7 +447,7 @@ class LocalFederation:
     def _bin(self, name: str) -> str:
         found = shutil.which(name, path=self.env["PATH"])
         if found is None:
-            raise RuntimeError(f"{name} not found; install flwr==1.41.0 in this environment")
+            raise RuntimeError(f"{name} not found; install flwr==1.42.0 in this environment")
         return found
 
     def _script(self, script: str, *args: str) -> None:

@@ -6,7 +6,7 @@ usage() {
   cat <<'EOF'
 Usage: deploy/start_superlink.sh [options] [-- extra flower-superlink arguments]
 
-Starts flower-superlink (Flower 1.41) in the foreground on one port (default 8000) that serves
+Starts flower-superlink (Flower 1.42) in the foreground on one port (default 8000) that serves
 SuperNodes (Fleet API), the operator's flwr CLI (Control API) and the ServerApp it launches.
 Default: TLS with the certificates of deploy/gen_certs.sh and --enable-supernode-auth
 (register SuperNode keys with deploy/register_nodes.sh). The ServerApp runs as a subprocess, so

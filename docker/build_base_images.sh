@@ -15,14 +15,14 @@ laid out like Flower's images: a virtual environment /python/venv (first on PATH
 user `app`, uid/gid 49999) holding flwr==VERSION, HOME=/app, WORKDIR /app, USER app, entrypoint
 flower-superlink / flower-supernode. Then build the project's images on top of them:
   docker build --network host -f docker/supernode.Dockerfile \
-    --build-arg BASE_IMAGE=fedra-base/supernode:1.41.0 \
-    --build-arg TORCH_INDEX_URL=https://pypi.org/simple -t fedra/supernode:flwr1.41.0 .
-(likewise superlink.Dockerfile with fedra-base/superlink:1.41.0 and fedra/superlink:flwr1.41.0).
+    --build-arg BASE_IMAGE=fedra-base/supernode:1.42.0 \
+    --build-arg TORCH_INDEX_URL=https://pypi.org/simple -t fedra/supernode:flwr1.42.0 .
+(likewise superlink.Dockerfile with fedra-base/superlink:1.42.0 and fedra/superlink:flwr1.42.0).
 Needs root (debootstrap), a running Docker engine, and network access to a Debian mirror and a
 Python package index. Package downloads during the build use the host's network (--network host).
 
 Options:
-  --flwr-version V   flwr release to install (default 1.41.0)
+  --flwr-version V   flwr release to install (default 1.42.0)
   --prefix NAME      image name prefix (default fedra-base)
   --suite S          Debian release for the root file system (default bookworm: Python 3.11)
   --mirror URL       Debian mirror (default: the first Debian mirror of this host's apt sources,
@@ -41,7 +41,7 @@ EOF
 die() { echo "build_base_images.sh: error: $*" >&2; exit 1; }
 log() { echo "build_base_images.sh: $*" >&2; }
 
-flwr_version=1.41.0 prefix=fedra-base suite=bookworm mirror="" index_url="" force=0 host_ca=1
+flwr_version=1.42.0 prefix=fedra-base suite=bookworm mirror="" index_url="" force=0 host_ca=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --flwr-version) [[ $# -ge 2 ]] || die "$1 needs a version"; flwr_version="$2"; shift 2 ;;
@@ -55,7 +55,7 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-[[ "$flwr_version" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "'$flwr_version' is not a release number like 1.41.0"
+[[ "$flwr_version" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "'$flwr_version' is not a release number like 1.42.0"
 [[ "$prefix" =~ ^[a-z0-9]+([._/-][a-z0-9]+)*$ ]] || die "'$prefix' is not a valid image name prefix"
 
 command -v docker >/dev/null || die "docker is not installed"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the FedRA app's dependencies (from pyproject.toml) into the image's Python, inside a
-# Flower 1.41 image that already holds flwr. Used by docker/*.Dockerfile at build time.
+# Flower 1.42 image that already holds flwr. Used by docker/*.Dockerfile at build time.
 set -euo pipefail
 
 usage() {
@@ -26,7 +26,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 # Split [project].dependencies: torch/torchvision (from the PyTorch index) and the rest (PyPI).
-# flwr is left out: the base image already has flwr 1.41.0 (and the simulation extra is not needed).
+# flwr is left out: the base image already has flwr 1.42.0 (and the simulation extra is not needed).
 python - "$pyproject" "$work" <<'EOF'
 import re
 import sys

@@ -1,15 +1,15 @@
-# FedRA SuperLink: Flower's official SuperLink image, pinned to 1.41.0, plus the app's
+# FedRA SuperLink: Flower's official SuperLink image, pinned to 1.42.0, plus the app's
 # dependencies. The ServerApp runs as a subprocess of the SuperLink (--isolation subprocess, the
 # default), so torch & co. must be installed here. The app code itself arrives in the bundle that
 # `flwr run` sends; no code, data, weights or certificates are baked in.
 #
 # Build from the repository root:
-#   docker build -f docker/superlink.Dockerfile -t fedra/superlink:flwr1.41.0 .
+#   docker build -f docker/superlink.Dockerfile -t fedra/superlink:flwr1.42.0 .
 #
 # flwr/superlink has Ubuntu (glibc) variants for the newest Python of the release only; the plain
-# `1.41.0` tag is Alpine (musl), where torch wheels do not install. Override BASE_IMAGE to pin a
+# `1.42.0` tag is Alpine (musl), where torch wheels do not install. Override BASE_IMAGE to pin a
 # digest (flwr/superlink@sha256:...) once you have pulled the tag.
-ARG BASE_IMAGE=flwr/superlink:1.41.0-py3.13-ubuntu24.04
+ARG BASE_IMAGE=flwr/superlink:1.42.0-py3.13-ubuntu24.04
 FROM ${BASE_IMAGE}
 
 # CPU wheels by default; the server only evaluates the global model.

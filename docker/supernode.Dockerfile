@@ -1,18 +1,18 @@
-# FedRA SuperNode: Flower's official SuperNode image, pinned to 1.41.0, plus the app's
+# FedRA SuperNode: Flower's official SuperNode image, pinned to 1.42.0, plus the app's
 # dependencies. The ClientApp runs as a subprocess of the SuperNode (--isolation subprocess, the
 # default), so torch & co. must be installed here. The app code itself arrives in the bundle that
 # `flwr run` sends; no code, data, weights, keys or certificates are baked in.
 #
 # Build from the repository root:
-#   CPU (default):   docker build -f docker/supernode.Dockerfile -t fedra/supernode:flwr1.41.0 .
+#   CPU (default):   docker build -f docker/supernode.Dockerfile -t fedra/supernode:flwr1.42.0 .
 #   NVIDIA GPU host: docker build -f docker/supernode.Dockerfile \
 #                      --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 \
-#                      -t fedra/supernode:flwr1.41.0-cuda .
+#                      -t fedra/supernode:flwr1.42.0-cuda .
 #   (the CUDA wheels bring their own CUDA libraries: the host needs the NVIDIA driver and the
 #    NVIDIA Container Toolkit, and the container `--gpus all`; see deploy/compose.gpu.yaml)
 #
 # Override BASE_IMAGE to pin a digest (flwr/supernode@sha256:...) once you have pulled the tag.
-ARG BASE_IMAGE=flwr/supernode:1.41.0-py3.11-ubuntu24.04
+ARG BASE_IMAGE=flwr/supernode:1.42.0-py3.11-ubuntu24.04
 FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu

@@ -1,6 +1,6 @@
 """Static checks of the Docker deployment (no Docker engine needed): the compose files parse and
 refer only to Dockerfiles, host files, flags and ports that exist; the Dockerfiles start from
-Flower's 1.41.0 images; the deploy scripts are well-formed.
+Flower's 1.42.0 images; the deploy scripts are well-formed.
 
 Host files mounted by the TLS overlay are not in the repository: they are what
 ``deploy/gen_certs.sh`` (certs/ca.crt, certs/server.pem, certs/server.key) and
@@ -29,7 +29,7 @@ BASE = DEPLOY / "compose.yaml"
 OVERLAYS = [DEPLOY / "compose.tls.yaml", DEPLOY / "compose.gpu.yaml"]
 SERVICES = {"superlink", "supernode-1", "supernode-2", "supernode-3"}
 CAPACITIES = {"supernode-1": 12, "supernode-2": 6, "supernode-3": 3}
-# accepted by --help for compatibility, but gone or replaced in Flower 1.41
+# accepted by --help for compatibility, but gone or replaced in Flower 1.42
 DEPRECATED = {
     "--fleet-api-address", "--fleet-api-type", "--control-api-address", "--auth-list-public-keys",
     "--auth-supernode-public-key", "--clientappio-api-address", "--serverappio-api-address",
@@ -121,7 +121,7 @@ def test_compose_files_parse_and_overlays_name_existing_services() -> None:
 
 
 @pytest.mark.parametrize("overlays", [[], [OVERLAYS[0]], OVERLAYS], ids=["insecure", "tls", "tls+gpu"])
-def test_build_dockerfiles_exist_and_start_from_flower_1_41(overlays: list[Path]) -> None:
+def test_build_dockerfiles_exist_and_start_from_flower_1_42(overlays: list[Path]) -> None:
     for name, service in merged(BASE, *overlays).items():
         build = service.get("build")
         assert isinstance(build, dict), f"{name}: no build section"
@@ -133,7 +133,7 @@ def test_build_dockerfiles_exist_and_start_from_flower_1_41(overlays: list[Path]
         text = dockerfile.read_text()
         base_image = re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.M)
         assert base_image and re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.M), f"{dockerfile.name}: FROM must use ARG BASE_IMAGE"
-        assert re.fullmatch(rf"flwr/{kind}:1\.41\.0-py3\.1\d-ubuntu24\.04", base_image.group(1)), base_image.group(1)
+        assert re.fullmatch(rf"flwr/{kind}:1\.42\.0-py3\.1\d-ubuntu24\.04", base_image.group(1)), base_image.group(1)
         for src in re.findall(r"^COPY (?:--\S+ )*(\S+) \S+$", text, re.M):
             assert (context / src).is_file(), f"{dockerfile.name} copies {src}, which is not in the build context"
         assert f"ENTRYPOINT [\"flower-{kind}\"]" in text
@@ -169,7 +169,7 @@ def test_mounted_host_paths_exist_or_are_generated(overlays: list[Path], generat
 
 
 @pytest.mark.parametrize("overlays", [[], [OVERLAYS[0]], OVERLAYS], ids=["insecure", "tls", "tls+gpu"])
-def test_flags_exist_in_flower_1_41_and_ports_agree(overlays: list[Path], help_flags: dict[str, set[str]]) -> None:
+def test_flags_exist_in_flower_1_42_and_ports_agree(overlays: list[Path], help_flags: dict[str, set[str]]) -> None:
     from client_app.node import NODE_KEYS
     from fedra_core.demo.digits import DIGITS_DOMAINS
 
