@@ -52,7 +52,8 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Build the sub-model of the received blocks from the local backbone, load the received LoRA
-    state, train it and reply with the trained state, example count, loss and current capacity."""
+    state, train it (and, when the message carries the rest of the global state, calibrate the head
+    on full-depth features) and reply with the trained state, example count, loss and current capacity."""
     from fedra_core.lora import load_trainable_state, trainable_state
     from fedra_core.trainable import build_trainable_model
     from fedra_core.training import train_local
@@ -77,7 +78,19 @@ def train(msg: Message, context: Context) -> Message:
 
     result = train_local(model, train_data, node.cfg.train_settings(), node.device, seed=seed, loss_fn=loss_fn)
     state = {k: v.to("cpu") for k, v in trainable_state(model).items()}
+    del model
     clock.lap("train")
+    if node.cfg.head_calibration_steps and len(blocks) < node.backbone.num_layers:
+        # FedRA option: the rest of the global state came read-only with the message (a client that
+        # holds every block already trained its head on full-depth features)
+        from fedra_core.calibration import calibrate_head
+
+        full = {**msg.content["context"].to_torch_state_dict(), **state}
+        state.update(calibrate_head(
+            node.backbone, full, node.cfg.lora(), method, train_data, node.capacity, node.cfg.train_settings(),
+            node.cfg.head_calibration_steps, node.device, seed=seed + 1,
+        ))
+        clock.lap("calibrate")
     metrics = MetricRecord(
         {
             "num-examples": result.num_examples,
@@ -93,20 +106,23 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received full global model on this node's test split, holding at most its
-    capacity of blocks at a time; reply with accuracy, loss, example and correct counts."""
+    """Evaluate the received global model (the blocks the message names, else all) on this node's test
+    split, holding at most its capacity of blocks at a time; reply with accuracy, loss, example and
+    correct counts."""
     from fedra_core.evaluation import evaluate_global_model
 
     clock = _stopwatch()
     node = NodeRuntime.from_context(context)
-    node.check_fingerprint(str(msg.content["config"]["fingerprint"]))
+    config = msg.content["config"]
+    node.check_fingerprint(str(config["fingerprint"]))
     clock.lap("backbone")
     test = node.data.test
     clock.lap("data")
     cfg = node.cfg
+    blocks = [int(b) for b in config["blocks"]] if "blocks" in config else None
     result = evaluate_global_model(
         node.backbone, msg.content["arrays"].to_torch_state_dict(), cfg.lora(), node.method, test,
-        node.capacity, cfg.eval_batch_size, node.device, cfg.bf16,
+        node.capacity, cfg.eval_batch_size, node.device, cfg.bf16, blocks,
     )
     clock.lap("evaluate")
     metrics = MetricRecord(

@@ -43,6 +43,22 @@ def random_allocation(capacities: Sequence[int], num_layers: int, rng: np.random
     return alloc
 
 
+def last_block_allocation(capacities: Sequence[int], num_layers: int, rng: np.random.Generator) -> np.ndarray:
+    """Every row holds the last block plus capacities[i] - 1 others drawn with ``random-cover`` from the
+    first L - 1 blocks: the block under the head trains on every client each round, and the others
+    are all held whenever the capacities allow it. Returns the bool matrix; ValueError as
+    :func:`random_allocation`.
+    """
+    caps = validate_capacities(capacities, num_layers)
+    alloc = np.zeros((len(caps), num_layers), dtype=bool)
+    alloc[:, -1] = True
+    if num_layers > 1:
+        rest = np.zeros((len(caps), num_layers - 1), dtype=bool)
+        _cover(rest, [k - 1 for k in caps], rng)
+        alloc[:, :-1] = rest
+    return alloc
+
+
 def prefix_allocation(capacities: Sequence[int], num_layers: int) -> np.ndarray:
     """Row i holds blocks 0..capacities[i]-1 (the depth-based baselines); returns the bool matrix."""
     caps = validate_capacities(capacities, num_layers)

@@ -26,11 +26,13 @@ from fedra_core.training import EvalResult, autocast, evaluate
 CHUNK_BATCHES = 8  # test batches that go through one group before the next group is read
 
 
-def block_groups(num_layers: int, capacity: int) -> list[list[int]]:
-    """Return the blocks 0..num_layers-1 cut into consecutive groups of at most ``capacity``."""
+def block_groups(blocks: int | Sequence[int], capacity: int) -> list[list[int]]:
+    """Return ``blocks`` (a list of block indices, or a depth L for 0..L-1) cut into consecutive groups
+    of at most ``capacity``."""
     if capacity < 1:
         raise ValueError(f"capacity {capacity}: must be at least 1")
-    return [list(range(i, min(i + capacity, num_layers))) for i in range(0, num_layers, capacity)]
+    blocks = list(range(blocks)) if isinstance(blocks, int) else list(blocks)
+    return [blocks[i : i + capacity] for i in range(0, len(blocks), capacity)]
 
 
 def model_with_state(
@@ -48,6 +50,35 @@ def model_with_state(
 
 
 @torch.no_grad()
+def streamed_tokens(
+    backbone: Backbone,
+    state: Mapping[str, torch.Tensor],
+    lora: LoraSettings,
+    method: Method,
+    groups: Sequence[Sequence[int]],
+    inputs: Sequence[torch.Tensor],
+    device: torch.device,
+    bf16: bool = False,
+) -> tuple[list[torch.Tensor], nn.Module]:
+    """Run every batch of ``inputs`` through the embedding and the blocks of ``groups`` in turn, one
+    group's sub-model (carrying ``state``) in memory at a time.
+
+    Returns the last block's tokens per batch and the last group's model (it carries the head).
+    """
+    family = backbone.family
+    hidden = [x.to(device) for x in inputs]
+    model: nn.Module | None = None
+    for g, blocks in enumerate(groups):
+        model = None  # the previous group is freed before the next is read
+        model = model_with_state(backbone, blocks, state, lora, method, device)
+        with autocast(device, bf16):
+            for i, h in enumerate(hidden):
+                hidden[i] = family.run_blocks(model, family.embed(model, h) if g == 0 else h)
+    assert model is not None, "no block group"
+    return hidden, model
+
+
+@torch.no_grad()
 def evaluate_global_model(
     backbone: Backbone,
     state: Mapping[str, torch.Tensor],
@@ -58,29 +89,22 @@ def evaluate_global_model(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     bf16: bool = False,
+    blocks: Sequence[int] | None = None,
 ) -> EvalResult:
-    """Return accuracy, mean loss, example and correct counts of the full global model on ``dataset``,
-    holding at most ``capacity`` blocks at a time."""
+    """Return accuracy, mean loss, example and correct counts of the global model (its ``blocks``, all
+    by default) on ``dataset``, holding at most ``capacity`` blocks at a time."""
     device = torch.device(device)
     family = backbone.family
-    groups = block_groups(backbone.num_layers, capacity)
+    groups = block_groups(backbone.num_layers if blocks is None else blocks, capacity)
     if len(groups) == 1:
         return evaluate(model_with_state(backbone, groups[0], state, lora, method, device), dataset, batch_size, device, bf16)
     correct, total, loss_sum = 0, 0, 0.0
     batches = iter(DataLoader(dataset, batch_size=batch_size, shuffle=False))
     while chunk := list(islice(batches, CHUNK_BATCHES)):
-        hidden = [images.to(device) for images, _ in chunk]
-        for g, blocks in enumerate(groups):
-            model = model_with_state(backbone, blocks, state, lora, method, device)
-            with autocast(device, bf16):
-                for i, h in enumerate(hidden):
-                    if g == 0:
-                        h = family.embed(model, h)
-                    h = family.run_blocks(model, h)
-                    if g == len(groups) - 1:
-                        h = family.head(model, h).float()
-                    hidden[i] = h
-            del model
+        hidden, model = streamed_tokens(backbone, state, lora, method, groups, [x for x, _ in chunk], device, bf16)
+        with autocast(device, bf16):
+            hidden = [family.head(model, h).float() for h in hidden]
+        del model
         for logits, (_, labels) in zip(hidden, chunk):
             labels = labels.to(device)
             loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))

@@ -34,16 +34,26 @@ PEFT_PREFIX = "base_model.model."
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA hyper-parameters; ``targets`` None means the family default (reference settings)."""
+    """LoRA hyper-parameters; ``targets`` None means the family default (reference settings).
+
+    ``train_norm``: the final norm trains (and travels) with the head; off by default, as in the
+    reference code, where it is sent and averaged but frozen.
+    """
 
     rank: int = 8
     alpha: float = 8.0
     dropout: float = 0.1
     targets: tuple[str, ...] | None = None
+    train_norm: bool = False
 
     def target_modules(self, family: ModelFamily) -> list[str]:
         """Return the LoRA target module suffixes: the settings' own, else the family default."""
         return list(self.targets or family.lora_targets)
+
+    def trainable_modules(self, family: ModelFamily) -> tuple[str, ...]:
+        """Return the top-level modules that train besides the adapters: the family's, less ``norm``
+        unless ``train_norm``."""
+        return tuple(m for m in family.trainable_modules if self.train_norm or m != "norm")
 
     def config(self, family: ModelFamily, modules_to_save: list[str] | None = None, native: bool = False) -> "LoraConfig":
         """Return the peft ``LoraConfig`` for a model family (with the family's own module names
@@ -63,7 +73,7 @@ class LoraSettings:
 def add_lora(model: nn.Module, family: ModelFamily, settings: LoraSettings) -> nn.Module:
     """Inject LoRA adapters into ``model`` in place and set what trains.
 
-    Only the adapters and the family's trainable modules (head, final norm) require gradients
+    Only the adapters and the trainable modules (head, and the final norm with ``train_norm``) require gradients
     afterwards. Returns the model. Raises ValueError when no module matches the targets.
     """
     from peft import inject_adapter_in_model
@@ -74,8 +84,9 @@ def add_lora(model: nn.Module, family: ModelFamily, settings: LoraSettings) -> n
         inject_adapter_in_model(settings.config(family), model, adapter_name=ADAPTER)
     except ValueError as exc:
         raise ValueError(f"LoRA targets {targets} match no module of this {family.name} model: {exc}") from exc
+    modules = settings.trainable_modules(family)
     for name, param in model.named_parameters():
-        param.requires_grad_("lora_" in name or name.split(".")[0] in family.trainable_modules)
+        param.requires_grad_("lora_" in name or name.split(".")[0] in modules)
     return model.train(was_training)  # injected dropout layers start in training mode
 
 
@@ -148,13 +159,14 @@ def export_peft_adapter(state: Mapping[str, torch.Tensor], backbone: Backbone, s
     (DepthFL exits) are left out. Returns ``out_dir``.
     """
     family = backbone.family
+    trained = settings.trainable_modules(family)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {
         PEFT_PREFIX + family.native_key(k): v.detach().contiguous().cpu()
         for k, v in state.items()
-        if "lora_" in k or k.split(".")[0] in family.trainable_modules
+        if "lora_" in k or k.split(".")[0] in trained
     }
-    modules = [family.native_key(m) for m in family.trainable_modules]
+    modules = [family.native_key(m) for m in trained]
     config = settings.config(family, modules_to_save=modules, native=True)
     config.save_pretrained(str(out_dir))
     save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})

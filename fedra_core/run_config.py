@@ -41,7 +41,8 @@ class RunConfig(BaseModel):
 
     method: str = _METHOD.name
     num_server_rounds: int = Field(20, alias="num-server-rounds", ge=1)
-    allocation_cover: bool = Field(_METHOD.cover, alias="allocation-cover")
+    allocation: Literal["random", "cover", "last"] = _METHOD.allocation  # type: ignore[assignment]
+    head_calibration_steps: int = Field(_METHOD.head_calibration_steps, alias="head-calibration-steps", ge=0)
     capacities: list[int] = Field(default_factory=lambda: [12, 10, 8, 6, 4, 3])
     backbone: str = "demo-vit"
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict, alias="backbone-kwargs")
@@ -61,6 +62,7 @@ class RunConfig(BaseModel):
     lora_alpha: float = Field(_LORA.alpha, alias="lora-alpha", gt=0)
     lora_dropout: float = Field(_LORA.dropout, alias="lora-dropout", ge=0, lt=1)
     lora_targets: list[str] = Field(default_factory=list, alias="lora-targets")
+    train_norm: bool = Field(_LORA.train_norm, alias="train-norm")
     lr: float = Field(_TRAIN.lr, gt=0)
     momentum: float = Field(_TRAIN.momentum, ge=0, lt=1)
     weight_decay: float = Field(_TRAIN.weight_decay, alias="weight-decay", ge=0)
@@ -70,7 +72,7 @@ class RunConfig(BaseModel):
     local_steps: int = Field(0, alias="local-steps", ge=0)
     aggregation: Literal["uniform", "examples"] = "uniform"
     depthfl_every: int = Field(_METHOD.depthfl_every, alias="depthfl-every", ge=1)
-    depthfl_ramp_rounds: int = Field(_METHOD.depthfl_ramp_rounds, alias="depthfl-ramp-rounds", ge=1)
+    depthfl_ramp_rounds: int = Field(_METHOD.depthfl_ramp_rounds, alias="depthfl-ramp-rounds", ge=0)
     inclusivefl_beta: float = Field(_METHOD.inclusivefl_beta, alias="inclusivefl-beta", ge=0, le=1)
     eval_every: int = Field(1, alias="eval-every", ge=0)
     eval_batch_size: int = Field(256, alias="eval-batch-size", ge=1)
@@ -174,11 +176,19 @@ class RunConfig(BaseModel):
 
     def lora(self) -> LoraSettings:
         """Return the LoRA settings."""
-        return LoraSettings(self.lora_rank, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets) or None)
+        return LoraSettings(self.lora_rank, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets) or None, self.train_norm)
 
     def method_settings(self) -> MethodSettings:
         """Return the method settings."""
-        return MethodSettings(self.method, self.allocation_cover, self.depthfl_every, self.depthfl_ramp_rounds, self.inclusivefl_beta)
+        return MethodSettings(
+            name=self.method,
+            allocation=self.allocation,
+            head_calibration_steps=self.head_calibration_steps,
+            depthfl_every=self.depthfl_every,
+            depthfl_ramp_rounds=self.depthfl_ramp_rounds,
+            inclusivefl_beta=self.inclusivefl_beta,
+            num_rounds=self.num_server_rounds,
+        )
 
     def build_method(self) -> Method:
         """Return a new object of the run's method with its knobs."""

@@ -177,7 +177,7 @@ def evaluate_round(
     metrics = strategy.aggregate_evaluate(server_round, replies)
     out = outputs.eval_record(metrics, left_out["evaluate"]) if metrics is not None else {}
     if server_eval is not None:
-        accuracy = server_eval(state)
+        accuracy = server_eval(state, strategy.model_blocks())
         out["server-accuracy"] = accuracy
         out["server-average"] = sum(accuracy.values()) / len(accuracy)
     return out

@@ -8,7 +8,8 @@ domain of the run's dataset (simulation and benchmarks), ``"imagefolder"`` on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from torch.utils.data import Dataset
 from fedra_core.backbones import Backbone, input_size
 from fedra_core.data.federation import test_sets
 from fedra_core.data.node_data import NodeDataError, imagefolder_split
-from fedra_core.lora import load_trainable_state
+from fedra_core.lora import LoraSettings, load_trainable_state, trainable_state
 from fedra_core.methods import Method
 from fedra_core.run_config import ConfigError, RunConfig
 from fedra_core.state import State
@@ -27,13 +28,17 @@ from fedra_core.training import EvalResult, evaluate
 
 @dataclass
 class ServerEvaluator:
-    """The full global model (every block) on the server's device and the held-out test sets, by name."""
+    """The global model on the server's device and the held-out test sets, by name; the model is
+    built for the blocks the method evaluates (every block for all but ALLsmall) and kept."""
 
-    model: torch.nn.Module
+    backbone: Backbone
+    lora: LoraSettings
+    method: Method
     test: dict[str, Dataset]
     batch_size: int
     bf16: bool
     device: torch.device
+    _models: dict[tuple[int, ...], torch.nn.Module] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, backbone: Backbone, method: Method) -> "ServerEvaluator":
@@ -54,17 +59,21 @@ class ServerEvaluator:
             if len(split) == 0:
                 raise ConfigError(f"{where}: test/ holds no image in a class folder")
             test = {root.name: split}
-        model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), method, str(device))
-        return cls(model, test, cfg.eval_batch_size, cfg.bf16, device)
+        return cls(backbone, cfg.lora(), method, test, cfg.eval_batch_size, cfg.bf16, device)
 
-    def results(self, state: State) -> dict[str, EvalResult]:
-        """Return the evaluation of the model carrying ``state`` on every held-out set, by name."""
-        load_trainable_state(self.model, state)
-        return {d: evaluate(self.model, ds, self.batch_size, self.device, self.bf16) for d, ds in self.test.items()}
+    def results(self, state: State, blocks: Sequence[int] | None = None) -> dict[str, EvalResult]:
+        """Return the evaluation of the model of ``blocks`` (all by default) carrying ``state`` on
+        every held-out set, by name."""
+        key = tuple(range(self.backbone.num_layers) if blocks is None else blocks)
+        if key not in self._models:
+            self._models = {key: build_trainable_model(self.backbone, key, self.lora, self.method, str(self.device))}
+        model = self._models[key]
+        load_trainable_state(model, {k: state[k] for k in trainable_state(model)})
+        return {d: evaluate(model, ds, self.batch_size, self.device, self.bf16) for d, ds in self.test.items()}
 
-    def __call__(self, state: State) -> dict[str, float]:
-        """Return top-1 accuracy per held-out set of the model carrying ``state``."""
-        return {d: r.accuracy for d, r in self.results(state).items()}
+    def __call__(self, state: State, blocks: Sequence[int] | None = None) -> dict[str, float]:
+        """Return top-1 accuracy per held-out set of the model of ``blocks`` carrying ``state``."""
+        return {d: r.accuracy for d, r in self.results(state, blocks).items()}
 
 
 def server_device(name: str) -> torch.device:

@@ -28,6 +28,11 @@ def record_nbytes(record: ArrayRecord) -> int:
     return sum(len(array.data) for array in record.values())
 
 
+def _sent_nbytes(message: Message) -> int:
+    """Tensor bytes of a training message: the client's own state plus any read-only context."""
+    return sum(record_nbytes(message.content[name]) for name in ("arrays", "context") if name in message.content)
+
+
 def node_timings(metrics: Mapping[str, float], received: float) -> dict[str, float]:
     """Return a reply's phase times (its ``t-*`` metrics, seconds) and ``reply``: from the node's
     reply to the server's receipt of the round's replies (transfer and waiting for the others)."""
@@ -152,6 +157,10 @@ class FedRAStrategy(Strategy):
         """Return the registered nodes in a stable order: partition (simulation), domain, node id."""
         return sorted(self.nodes.values(), key=lambda n: (n.partition_id, n.domain, n.node_id))
 
+    def model_blocks(self) -> list[int]:
+        """Return the blocks of the global model as the method evaluates it, for the registered nodes."""
+        return self.method.model_blocks(self.num_layers, [n.capacity for n in self.nodes.values()])
+
     def participants(self, server_round: int) -> list[NodeInfo]:
         """Return this round's nodes in :meth:`ordered_nodes` order, after client sampling."""
         nodes = self.ordered_nodes()
@@ -175,6 +184,10 @@ class FedRAStrategy(Strategy):
         for node, row in zip(nodes, allocation):
             blocks = np.flatnonzero(row).tolist()
             sent = {k: global_state[k] for k in self.method.client_keys(global_state, blocks)}
+            content = RecordDict({"arrays": ArrayRecord(sent)})
+            context = self.method.context_keys(global_state, blocks)
+            if context:  # read-only state the client needs besides its own (not sent back)
+                content["context"] = ArrayRecord({k: global_state[k] for k in context})
             cfg = ConfigRecord(
                 {
                     **dict(config),
@@ -187,9 +200,8 @@ class FedRAStrategy(Strategy):
                 }
             )
             current.sent[node.node_id] = sent
-            current.messages[node.node_id] = Message(
-                RecordDict({"arrays": ArrayRecord(sent), "config": cfg}), dst_node_id=node.node_id, message_type=MessageType.TRAIN
-            )
+            content["config"] = cfg
+            current.messages[node.node_id] = Message(content, dst_node_id=node.node_id, message_type=MessageType.TRAIN)
         return list(current.messages.values())
 
     def aggregate_train(
@@ -247,7 +259,7 @@ class FedRAStrategy(Strategy):
             "partitions": [n.partition_id for n in current.nodes],
             "capacities": [n.capacity for n in current.nodes],
             "allocation": current.allocation.astype(int).ravel().tolist(),
-            "bytes-sent": [record_nbytes(m.content["arrays"]) for m in current.messages.values()],
+            "bytes-sent": [_sent_nbytes(m) for m in current.messages.values()],
             "bytes-received": [received_bytes.get(n.node_id, 0) for n in current.nodes],
             "accepted-ids": accepted,
             "rejected-ids": rejected,
@@ -274,7 +286,8 @@ class FedRAStrategy(Strategy):
         for node in self.ordered_nodes():
             if node.num_test > 0:
                 chosen.setdefault(node.eval_set or f"node:{node.node_id}", node)
-        cfg = ConfigRecord({**dict(config), "server-round": server_round, "fingerprint": self.fingerprint})
+        blocks = self.model_blocks()
+        cfg = ConfigRecord({**dict(config), "server-round": server_round, "fingerprint": self.fingerprint, "blocks": blocks})
         self._eval_messages = {
             n.node_id: Message(RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=n.node_id, message_type=MessageType.EVALUATE)
             for n in chosen.values()

@@ -53,7 +53,9 @@ def _reference_logits(backbone, state, images):
     for key in state:
         if key.endswith("lora_A.weight"):
             base = key.replace(".lora_A.weight", ".weight")
-            merged[base] = merged[base] + scale * state[key.replace("lora_A", "lora_B")] @ state[key]
+            a, b = state[key], state[key.replace("lora_A", "lora_B")]
+            # a Conv2d adapter (the patch embedding): A is a conv to r channels, B a 1x1 conv back
+            merged[base] = merged[base] + scale * (b.flatten(1) @ a.flatten(1)).view(merged[base].shape)
         elif "lora_" not in key:
             merged[key] = state[key]
     model.load_state_dict(merged, strict=True)

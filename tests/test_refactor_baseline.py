@@ -1,6 +1,10 @@
 """The method and model-family seams changed no result: every method's 3-round run through the apps
 gives the per-domain accuracies, training losses and allocations recorded before the refactor
-(``tests/data/refactor_baseline.json``, written by the code of commit 19b82cb)."""
+(``tests/data/refactor_baseline.json``, written by the code of commit 19b82cb).
+
+The recording predates the reference-code defaults, so the runs pass the settings of the time:
+LoRA on ``attn.proj`` and ``mlp.fc2`` only (ViT) and a trained final norm. ALLsmall is now evaluated as
+the k_min-block model: its allocations and training losses must still be equal, its accuracies not."""
 
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ RECORDED = json.loads((Path(__file__).parent / "data" / "refactor_baseline.json"
 @pytest.mark.parametrize("case", sorted(RECORDED))
 def test_same_results_as_before_the_refactor(case, tmp_path):
     expected = RECORDED[case]
-    run_dir = run_local({**expected["config"], "output-dir": str(tmp_path), "run-name": "r"}, 3)
+    before = {"train-norm": True, **({"lora-targets": "attn.proj,mlp.fc2"} if case.endswith("/vit") else {})}
+    run_dir = run_local({**expected["config"], **before, "output-dir": str(tmp_path), "run-name": "r"}, 3)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("allocation") for r in records] == expected["allocation"]
-    assert [r["accuracy"] for r in records] == expected["accuracy"]
     assert [r.get("train-loss") for r in records] == expected["train-loss"]
+    if not case.startswith("allsmall/"):
+        assert [r["accuracy"] for r in records] == expected["accuracy"]

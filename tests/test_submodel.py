@@ -75,15 +75,24 @@ def test_keys_are_global_and_bytes_match_analytic_count(tiny_vit):
     blocks = [1, 6, 10]
     sub = add_lora(build_submodel(tiny_vit, blocks), tiny_vit.family, LoraSettings(rank=8))
     state = trainable_state(sub)
-    d, r, c = 32, 8, 10
+    d, r, c, p, ch = 32, 8, 10, 7, 3
     expected_keys = {
         f"blocks.{j}.{m}.lora_{ab}.weight" for j in blocks for m in ("attn.proj", "mlp.fc2") for ab in "AB"
-    } | {"norm.weight", "norm.bias", "head.weight", "head.bias"}
-    assert set(state) == expected_keys
-    # attn.proj: A r x d + B d x r; mlp.fc2: A r x 4d + B d x r; final norm 2d; head c x d + c
+    } | {"patch_embed.proj.lora_A.weight", "patch_embed.proj.lora_B.weight", "head.weight", "head.bias"}
+    assert set(state) == expected_keys  # the final norm is frozen (reference settings)
+    # attn.proj: A r x d + B d x r; mlp.fc2: A r x 4d + B d x r; patch embedding (conv p x p on ch
+    # channels): A r x ch x p x p + B d x r; head c x d + c
     per_block = (r * d + d * r) + (r * 4 * d + d * r)
-    analytic = 4 * (len(blocks) * per_block + 2 * d + c * d + c)
+    analytic = 4 * (len(blocks) * per_block + r * ch * p * p + d * r + c * d + c)
     assert sum(t.numel() * t.element_size() for t in state.values()) == analytic
+    assert tuple(state["patch_embed.proj.lora_A.weight"].shape) == (r, ch, p, p)
+
+
+def test_legacy_targets_and_trained_norm(tiny_vit):
+    settings = LoraSettings(rank=8, targets=("attn.proj", "mlp.fc2"), train_norm=True)
+    state = trainable_state(add_lora(build_submodel(tiny_vit, [3]), tiny_vit.family, settings))
+    assert set(state) == {f"blocks.3.{m}.lora_{ab}.weight" for m in ("attn.proj", "mlp.fc2") for ab in "AB"} | {
+        "norm.weight", "norm.bias", "head.weight", "head.bias"}
 
 
 def test_lazy_reads_touch_only_held_blocks(tiny_vit, tensors_read):

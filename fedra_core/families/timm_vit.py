@@ -15,7 +15,8 @@ class TimmViT(TimmFamily):
 
     name = "vit"
     model_class = VisionTransformer
-    lora_targets = ("attn.proj", "mlp.fc2")
+    # the reference code's pattern "proj" also matches the patch embedding's Conv2d
+    lora_targets = ("patch_embed.proj", "attn.proj", "mlp.fc2")
 
     def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         x = model.patch_embed(x)

@@ -27,16 +27,26 @@ from fedra_core.state import State, keys_for_blocks
 class MethodSettings:
     """Which method runs and the knobs of every method (each method reads its own).
 
-    name: a registered method. cover: FedRA draws with ``random-cover`` (every block held each
-    round when the capacities allow it). depthfl_every: DepthFL exit interval. depthfl_ramp_rounds:
-    rounds of DepthFL's distillation-weight ramp. inclusivefl_beta: InclusiveFL momentum weight.
+    name: a registered method. allocation: FedRA's draw, one of :data:`ALLOCATIONS`.
+    head_calibration_steps: FedRA option, head steps on full-depth features after local training
+    (0: off, the paper). depthfl_every: DepthFL exit interval. depthfl_ramp_rounds: rounds of
+    DepthFL's distillation-weight ramp (0: ``num_rounds``, the run's length; the reference code's
+    is 500). inclusivefl_beta: InclusiveFL momentum weight. num_rounds: the run's length.
     """
 
     name: str = "fedra"
-    cover: bool = False
+    allocation: str = "random"
+    head_calibration_steps: int = 0
     depthfl_every: int = 3
-    depthfl_ramp_rounds: int = 500
+    depthfl_ramp_rounds: int = 0
     inclusivefl_beta: float = 0.2
+    num_rounds: int = 0
+
+
+# FedRA's allocation policies: "random" (the paper: k_i blocks uniformly at random), "cover" (the same,
+# but every block held each round when the capacities sum to at least L), "last" (the last block on
+# every client, the others drawn as "cover")
+ALLOCATIONS = ("random", "cover", "last")
 
 
 class Method:
@@ -65,6 +75,15 @@ class Method:
     def client_keys(self, keys: Iterable[str], blocks: Sequence[int]) -> list[str]:
         """Return the global keys a client holding ``blocks`` receives and must send back."""
         return keys_for_blocks(keys, blocks)
+
+    def context_keys(self, keys: Iterable[str], blocks: Sequence[int]) -> list[str]:
+        """Return global keys a client holding ``blocks`` receives read-only besides its own (none by default)."""
+        return []
+
+    def model_blocks(self, num_layers: int, capacities: Sequence[int]) -> list[int]:
+        """Return the blocks of the global model, as it is evaluated, for clients of ``capacities``
+        (every block by default)."""
+        return list(range(num_layers))
 
     # --- client training ------------------------------------------------------------------------
     def round_config(self, server_round: int) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 Exit heads sit after global blocks d-1, 2d-1, ... (the model's own head follows the last block).
 Their state keys are ``exits.{j}.*``: shared keys that a client receives only for exits inside its
-prefix. The distillation weight follows a sigmoid ramp over ``depthfl-ramp-rounds`` and travels
+prefix. The distillation weight follows a sigmoid ramp over ``depthfl-ramp-rounds`` (by default the
+run's length, so that distillation is on by the end of any run; the reference code ramps over 500
+rounds, which leaves it near zero in a short run) and travels
 with each training message. The global model is evaluated with its last head, as DepthFL does.
 """
 
@@ -76,6 +78,8 @@ def forward_outputs(model: nn.Module, family: ModelFamily, x: torch.Tensor) -> l
 
 def consistency_weight(server_round: int, ramp_rounds: int = 500) -> float:
     """Sigmoid ramp-up of the distillation weight, exp(-5 (1 - t)^2) with t = round / ramp_rounds."""
+    if ramp_rounds < 1:
+        raise ValueError(f"depthfl ramp of {ramp_rounds} rounds: must be at least 1")
     phase = 1.0 - min(max(server_round, 0), ramp_rounds) / ramp_rounds
     return float(math.exp(-5.0 * phase * phase))
 
@@ -127,7 +131,10 @@ class DepthFL(Method):
         return out
 
     def round_config(self, server_round: int) -> dict[str, float]:  # noqa: D102
-        return {DISTILL_WEIGHT: consistency_weight(server_round, self.settings.depthfl_ramp_rounds)}
+        ramp = self.settings.depthfl_ramp_rounds or self.settings.num_rounds
+        if ramp < 1:
+            raise ValueError("depthfl-ramp-rounds = 0 means the run's length, but the method was given no num_rounds")
+        return {DISTILL_WEIGHT: consistency_weight(server_round, ramp)}
 
     def loss(self, model, family, inputs, labels, round_config: Mapping[str, float]) -> torch.Tensor:  # noqa: D102
         outputs = forward_outputs(model, family, inputs)
