@@ -180,10 +180,11 @@ def plan_runs(settings: Sequence[str], assignments: Sequence[str], rows: Sequenc
     under every assignment in the second."""
     configs: dict[str, dict[str, Any]] = {}
     cells: dict[tuple[str, str, str, int], str] = {}
-    for setting in settings:
-        for assignment in assignments:
-            for row in rows:
-                for seed in seeds:
+    # seed by seed, so that a command stopped early leaves complete paired seeds
+    for seed in seeds:
+        for setting in settings:
+            for assignment in assignments:
+                for row in rows:
                     cfg = {**run_config(setting, assignment, row, seed, domains, out, schedule, tag),
                            "backbone-weights": weights}
                     configs.setdefault(cfg["run-name"], cfg)

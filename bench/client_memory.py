@@ -9,10 +9,19 @@ safetensors file, then starts one fresh Python process per measurement:
   random batch at 224x224;
 * ``evaluate`` at capacity k: evaluates the FULL global model (all 12 blocks' LoRA and the head,
   a state file written by the parent) on two batches with ``evaluate_global_model``, which holds at
-  most k blocks at a time (what a node does when it answers an evaluation message).
+  most k blocks at a time (what a node does when it answers an evaluation message);
+* ``calibrate`` at capacity k (``--calibrate``, on by default; k < 12 only, as the ClientApp does
+  not calibrate a client that holds every block): what the ClientApp's ``train`` does with
+  full-depth head calibration. It loads the global state file first (it comes with the message),
+  builds the k-block sub-model and runs one ``train_local`` step exactly as the ``k`` measurement
+  (same blocks for the same repeat; its data set holds the calibration batches too), takes the trained state, deletes the model and runs
+  ``calibrate_head`` on the full global state with the trained keys overlaid, for
+  ``--calibration-steps`` batches of the training batch size, holding at most k blocks at a time.
+  The claim measured: the calibration phase peak stays within the training peak of the same process
+  (the largest peak of the phases before it), so calibrating does not raise a client's peak.
 
 Each child reports its own memory from ``/proc/self/status``: the peak resident set (VmHWM) of
-each phase (imports, backbone, build, training step; the peak is reset between phases by writing 5
+each phase (imports, backbone, build, training step, calibration; the peak is reset between phases by writing 5
 to ``/proc/self/clear_refs``) and the resident set after building the model; the process peak is the
 largest phase peak. ``getrusage().ru_maxrss`` is NOT used: on Linux a spawned process inherits the
 high-water mark of the parent at fork/exec, so both ``RUSAGE_SELF`` in the child and
@@ -103,6 +112,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         phases["evaluate"] = {**_status(), "seconds": time.perf_counter() - start}
     elif args.child != "baseline":
         spec = BackboneSpec(name=MODEL, weights=args.weights, num_classes=args.num_classes)
+        global_state: dict[str, torch.Tensor] = {}
+        if args.child == "calibrate":  # the rest of the global state comes with the train message
+            from safetensors.torch import load_file
+
+            global_state = load_file(args.state)
         if not _reset_peak():
             raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs); per-phase peaks need it")
         start = time.perf_counter()
@@ -120,15 +134,33 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         model = build_trainable_model(backbone, blocks, LoraSettings(rank=8), get_method("fedra"))
         phases["build"] = {**_status(), "seconds": time.perf_counter() - start}
         result["model_param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+        # one batch for the step; calibration takes its batches from the same (client's) data
+        n = args.batch_size * (args.calibration_steps if args.child == "calibrate" else 1)
         g = torch.Generator().manual_seed(0)
         data = torch.utils.data.TensorDataset(
-            torch.randn(args.batch_size, 3, 224, 224, generator=g), torch.randint(0, args.num_classes, (args.batch_size,), generator=g)
+            torch.randn(n, 3, 224, 224, generator=g), torch.randint(0, args.num_classes, (n,), generator=g)
         )
+        settings = TrainSettings(batch_size=args.batch_size, max_steps=1)
         _reset_peak()
         start = time.perf_counter()
-        res = train_local(model, data, TrainSettings(batch_size=args.batch_size, max_steps=1), seed=0)
+        res = train_local(model, data, settings, seed=0)
         phases["train_step"] = {**_status(), "seconds": time.perf_counter() - start}
         result["steps"] = res.steps
+        if args.child == "calibrate":
+            from fedra_core import trainable_state
+            from fedra_core.calibration import calibrate_head
+
+            # as client_app.app.train: keep the trained state, free the sub-model, calibrate
+            trained = {key: v.to("cpu") for key, v in trainable_state(model).items()}
+            del model
+            result["calibrate_start_rss"] = _status()["VmRSS"]
+            _reset_peak()
+            start = time.perf_counter()
+            head = calibrate_head(backbone, {**global_state, **trained}, LoraSettings(rank=8), get_method("fedra"), data,
+                                  args.k, settings, args.calibration_steps, "cpu", seed=1)
+            phases["calibrate"] = {**_status(), "seconds": time.perf_counter() - start}
+            result["calibration_steps"] = args.calibration_steps
+            result["calibrated_keys"] = sorted(head)
     result["phases"] = phases
     result["peak"] = max(p["VmHWM"] for p in phases.values())
     result["ru_maxrss_inherited"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -174,17 +206,23 @@ def save_global_state(backbone, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(description="Peak RSS of a fresh client process holding k of the 12 blocks of ViT-B/16 during one training step.")
+    parser = argparse.ArgumentParser(description="Peak RSS of a fresh client process holding k of the 12 blocks of ViT-B/16 during one training step "
+                                                 "(and during streamed evaluation and head calibration at capacity k).")
     parser.add_argument("--ks", default="3,6,12", help="block counts to measure (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step at 224x224 (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each child (default: %(default)s)")
     parser.add_argument("--num-classes", type=int, default=100, help="classifier classes (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="processes per setting; the median is reported (default: %(default)s)")
     parser.add_argument("--client-path", action="store_true", help="also measure resolve_backbone (whole-file fingerprint) before building, for the smallest k")
+    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure a client that trains k blocks then calibrates the head on full-depth features at "
+                             "capacity k, for each k < 12 (default: on)")
+    parser.add_argument("--calibration-steps", type=int, default=2,
+                        help="head calibration batches (of --batch-size) in the calibrate measurement (default: %(default)s)")
     parser.add_argument("--cache", default=BENCH_CACHE, help="FEDRA_CACHE if unset")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/client_memory.json)")
     # internal: the child process
-    parser.add_argument("--child", choices=["baseline", "submodel", "client-path", "evaluate"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["baseline", "submodel", "client-path", "evaluate", "calibrate"], help=argparse.SUPPRESS)
     parser.add_argument("--state", default="", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--weights", default="", help=argparse.SUPPRESS)
@@ -193,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     set_env_defaults(args.cache)
+    if args.calibration_steps < 1:
+        parser.error(f"--calibration-steps {args.calibration_steps}: must be at least 1")
     if args.child:
         print(json.dumps(child(args)))
         return 0
@@ -231,6 +271,30 @@ def main(argv: list[str] | None = None) -> int:
     state_file = Path(backbone.path).with_name(f"global-state-{MODEL}-c{args.num_classes}.safetensors")
     if not state_file.is_file():
         save_global_state(backbone, state_file)
+    calibrations = []
+    for k in [k for k in ks if k < 12] if args.calibrate else []:
+        # the same seeds as the sub-model runs: the same blocks, the same training step
+        runs = [run_child(["--child", "calibrate", "--k", str(k), "--seed", str(i), "--state", str(state_file),
+                           "--calibration-steps", str(args.calibration_steps), *common], env) for i in range(args.repeats)]
+        for r in runs:
+            r["train_peak"] = max(v["VmHWM"] for name, v in r["phases"].items() if name != "calibrate")
+            r["calibrate_within_train"] = r["phases"]["calibrate"]["VmHWM"] <= r["train_peak"]
+        calibrations.append({
+            "k": k, "runs": runs,
+            "peak": med(runs, lambda r: r["peak"]),
+            "train_peak": med(runs, lambda r: r["train_peak"]),
+            "step_peak": med(runs, lambda r: r["phases"]["train_step"]["VmHWM"]),
+            "calibrate_peak": med(runs, lambda r: r["phases"]["calibrate"]["VmHWM"]),
+            "calibrate_peak_max": max(r["phases"]["calibrate"]["VmHWM"] for r in runs),
+            "calibrate_start_rss": med(runs, lambda r: r["calibrate_start_rss"]),
+            "calibrate_seconds": med(runs, lambda r: r["phases"]["calibrate"]["seconds"]),
+            "calibrate_within_train_runs": sum(r["calibrate_within_train"] for r in runs),
+            "calibrate_within_train": all(r["calibrate_within_train"] for r in runs),
+            "submodel_peak": next((m["peak"] for m in measured if m["mode"] == "submodel" and m["k"] == k), None),
+        })
+        c = calibrations[-1]
+        print(f"  measured calibrate k={k}: training peak {c['train_peak'] / MIB:.0f} MiB, calibration phase peak "
+              f"{c['calibrate_peak'] / MIB:.0f} MiB", file=sys.stderr, flush=True)
     evaluations = []
     for k in ks:
         runs = [run_child(["--child", "evaluate", "--k", str(k), "--state", str(state_file), *common], env) for _ in range(args.repeats)]
@@ -267,6 +331,22 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(["k", "evaluation peak MiB", "training peak MiB", "evaluation / training", "evaluation s"], [
         [e["k"], f"{e['peak'] / MIB:.0f}", f"{train_peak[e['k']] / MIB:.0f}", f"{e['peak'] / train_peak[e['k']]:.2f}", f"{e['seconds']:.1f}"]
         for e in evaluations]))
+    if args.calibrate and not calibrations:
+        print("\nHead calibration: not measured, no k < 12 requested (the ClientApp does not calibrate at k = 12).")
+    elif args.calibrate:
+        print(f"\nHead calibration after the training step ({args.calibration_steps} batches of {args.batch_size} through the "
+              f"full 12-block global model, at most k blocks at a time), in the same process as the step; the ClientApp "
+              f"does not calibrate at k = 12:")
+        print(format_table(
+            ["k", "training peak MiB", "step phase peak MiB", "RSS at calibration start MiB", "calibration phase peak MiB",
+             "calibration / training", "calibration <= training (runs)", "process peak MiB", "sub-model run peak MiB", "calibration s"],
+            [[c["k"], f"{c['train_peak'] / MIB:.0f}", f"{c['step_peak'] / MIB:.0f}", f"{c['calibrate_start_rss'] / MIB:.0f}",
+              f"{c['calibrate_peak'] / MIB:.0f}", f"{c['calibrate_peak'] / c['train_peak']:.2f}",
+              f"{'yes' if c['calibrate_within_train'] else 'NO'} ({c['calibrate_within_train_runs']}/{len(c['runs'])})",
+              f"{c['peak'] / MIB:.0f}", f"{c['submodel_peak'] / MIB:.0f}" if c["submodel_peak"] else "", f"{c['calibrate_seconds']:.1f}"]
+             for c in calibrations]))
+        print("training peak = largest phase peak before calibration (imports, backbone, build, step); calibration <= training: "
+              "the calibration phase peak of every run is at most that run's training peak.")
     print("peak = VmHWM of the child (largest of its phase peaks); ideal = baseline + embedding/norm/head + "
           "k/12 x block weights (weights only: activations and autograd buffers are not in it). "
           "File-backed growth = frozen weights paged in from the safetensors mmap; anonymous growth = activations, "
@@ -276,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": MODEL, "batch_size": args.batch_size, "threads": args.threads, "num_classes": args.num_classes,
         "block_weight_bytes": block_bytes, "other_weight_bytes": other_bytes, "baseline_peak": baseline,
         "baseline_runs": base_runs, "measured": measured, "evaluations": evaluations,
+        **({"calibration_steps": args.calibration_steps, "calibrations": calibrations} if args.calibrate else {}),
     }, args.out)
     print(f"\nwrote {path}")
     return 0
