@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="which domain gets which capacity (ALLlarge and ALLsmall run once for all)")
     parser.add_argument("--rows", "--methods", dest="rows", nargs="+", default=list(DEFAULT_ROWS), choices=list(VARIANTS),
                         metavar="ROW", help=f"table rows, from: {', '.join(VARIANTS)}")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--reference", nargs="+", default=["fedra", BEST_OPTION], choices=[*VARIANTS, BEST_OPTION],
                         metavar="ROW",
                         help=f"rows every other row is compared with ({BEST_OPTION}: the fedra-* row with the best mean average)")

@@ -137,6 +137,11 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"config key 'class-names' lists {len(self.class_names)} names but 'num-classes' = {self.num_classes}: give one name per class"
             )
+        if self.head_calibration_steps and self.method != "fedra":
+            raise ValueError(
+                f"config key 'head-calibration-steps' = {self.head_calibration_steps} is a FedRA option; "
+                f"method '{self.method}' does not use it (set it to 0)"
+            )
         if self.server_eval_format == "imagefolder" and not self.server_eval_root:
             raise ValueError("config key 'server-eval-root' is empty: server-eval-format 'imagefolder' needs the folder of the held-out set")
         return self

@@ -70,9 +70,11 @@ def test_last_block_allocation_draws_the_other_blocks_uniformly():
     assert np.allclose(counts / 4000, 3 / 11, atol=0.03)
 
 
-def test_unknown_allocation_is_a_one_line_config_error():
+def test_unknown_allocation_and_calibration_of_another_method_are_one_line_config_errors():
     with pytest.raises(ValueError, match="allocation"):
         load_run_config({"allocation": "greedy"})
+    with pytest.raises(ValueError, match="'head-calibration-steps' = 4 is a FedRA option; method 'depthfl'"):
+        load_run_config({"method": "depthfl", "head-calibration-steps": 4})
 
 
 # --- ALLsmall and DepthFL ---------------------------------------------------------------------------
