@@ -52,8 +52,9 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Build the sub-model of the received blocks from the local backbone, load the received LoRA
-    state, train it (and, when the message carries the rest of the global state, calibrate the head
-    on full-depth features) and reply with the trained state, example count, loss and current capacity."""
+    state, train it (with ``head-calibration-steps``, then calibrate the head on full-depth features
+    from the rest of the global state sent read-only) and reply with the trained state, example
+    count, loss and current capacity."""
     from fedra_core.lora import load_trainable_state, trainable_state
     from fedra_core.trainable import build_trainable_model
     from fedra_core.training import train_local
