@@ -40,7 +40,7 @@ def probe(run_dir: Path, steps: int, seed: int) -> dict:
     evaluator = ServerEvaluator.from_config(cfg, resolve_backbone(cfg.backbone_spec()), cfg.build_method())
     state = load_checkpoint(run_dir / "checkpoint.safetensors").global_state
     before = evaluator(state)
-    model = evaluator.model  # carries ``state`` now
+    model = evaluator.model()  # carries ``state`` now
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.head.parameters():

@@ -61,13 +61,18 @@ class ServerEvaluator:
             test = {root.name: split}
         return cls(backbone, cfg.lora(), method, test, cfg.eval_batch_size, cfg.bf16, device)
 
-    def results(self, state: State, blocks: Sequence[int] | None = None) -> dict[str, EvalResult]:
-        """Return the evaluation of the model of ``blocks`` (all by default) carrying ``state`` on
-        every held-out set, by name."""
+    def model(self, blocks: Sequence[int] | None = None) -> torch.nn.Module:
+        """Return the evaluator's model of ``blocks`` (all by default), built on first use and kept; it
+        carries the state last evaluated with it."""
         key = tuple(range(self.backbone.num_layers) if blocks is None else blocks)
         if key not in self._models:
             self._models = {key: build_trainable_model(self.backbone, key, self.lora, self.method, str(self.device))}
-        model = self._models[key]
+        return self._models[key]
+
+    def results(self, state: State, blocks: Sequence[int] | None = None) -> dict[str, EvalResult]:
+        """Return the evaluation of the model of ``blocks`` (all by default) carrying ``state`` on
+        every held-out set, by name."""
+        model = self.model(blocks)
         load_trainable_state(model, {k: state[k] for k in trainable_state(model)})
         return {d: evaluate(model, ds, self.batch_size, self.device, self.bf16) for d, ds in self.test.items()}
 
