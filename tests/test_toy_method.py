@@ -55,6 +55,9 @@ def test_toy_method_runs_through_the_apps(lastk, tmp_path):
         if "lora_" not in key:
             continue
         got = adapter["base_model.model." + key]
+        if not key.startswith("blocks."):  # the patch embedding's adapter is shared: every client trains it
+            assert "lora_A" in key or not torch.equal(got, value), key
+            continue
         block = int(key.split(".")[1])
         if block < 6:
             assert torch.equal(got, value), key
