@@ -13,6 +13,7 @@ from fedra_core.data.federation import DataSpec
 from fedra_core.data.node_data import LabelSpace
 from fedra_core.lora import LoraSettings
 from fedra_core.methods import Method, MethodSettings, get_method, method_names
+from fedra_core.methods.base import ALLOCATIONS
 from fedra_core.training import TrainSettings
 
 
@@ -41,7 +42,7 @@ class RunConfig(BaseModel):
 
     method: str = _METHOD.name
     num_server_rounds: int = Field(20, alias="num-server-rounds", ge=1)
-    allocation: Literal["random", "cover", "last"] = _METHOD.allocation  # type: ignore[assignment]
+    allocation: Literal[ALLOCATIONS] = _METHOD.allocation  # type: ignore[valid-type]  (the one list of policies)
     head_calibration_steps: int = Field(_METHOD.head_calibration_steps, alias="head-calibration-steps", ge=0)
     capacities: list[int] = Field(default_factory=lambda: [12, 10, 8, 6, 4, 3])
     backbone: str = "demo-vit"
