@@ -12,7 +12,8 @@ the domains in the dataset's own domain order (as the FedRA reference code gives
 [12,10,8,6,4,3]`` to DomainNet's domains in list order), ``rich-easy`` the largest to the easiest
 domain, ``rich-hard`` the largest to the hardest. ALLlarge and ALLsmall ignore who holds which
 capacity, so their rows run once per (setting, seed) under the assignment name ``any`` and that run
-is shown in every assignment's table. Finished runs are reused (a run whose saved config differs
+is shown in every assignment's table; settings that differ only in the capacities above the smallest
+(``extreme`` and ``feature``) share them too. Finished runs are reused (a run whose saved config differs
 from the one asked for stops the command), so the command can be stopped and started again.
 
 **How to read the tables.** One markdown table per (setting, assignment): the untuned round-0 model
@@ -143,11 +144,25 @@ def run_assignment(row: str, assignment: str) -> str:
     return SHARED if VARIANTS[row].method in ASSIGNMENT_FREE else assignment
 
 
+def run_setting(row: str, setting: str) -> str:
+    """Return the setting a row's run is made and named under: for ALLlarge and ALLsmall the first
+    setting in ``SETTINGS`` order with the same data and the same smallest capacity (they ignore the
+    rest of the capacities, so ``extreme`` shows ``feature``'s runs), ``setting`` otherwise."""
+    if VARIANTS[row].method not in ASSIGNMENT_FREE:
+        return setting
+
+    def key(name: str) -> tuple:
+        spec = SETTINGS[name]
+        return min(spec["capacities"]), sorted((k, str(v)) for k, v in spec.items() if k != "capacities")
+
+    return next(name for name in SETTINGS if key(name) == key(setting))
+
+
 def run_name(setting: str, assignment: str, row: str, seed: int, schedule: Mapping[str, Any] | None = None,
              tag: str = "") -> str:
     """Return the run folder name ``<setting>-<assignment>-<row>-s<seed>[<schedule>][-<tag>]``, with the
-    assignment replaced by ``"any"`` for rows that ignore it."""
-    name = f"{setting}-{run_assignment(row, assignment)}-{row}-s{seed}{schedule_suffix(schedule or {})}"
+    assignment replaced by ``"any"`` and the setting by ``run_setting`` for rows that ignore them."""
+    name = f"{run_setting(row, setting)}-{run_assignment(row, assignment)}-{row}-s{seed}{schedule_suffix(schedule or {})}"
     return f"{name}-{tag}" if tag else name
 
 
@@ -158,8 +173,9 @@ def run_config(setting: str, assignment: str, row: str, seed: int, domains: Sequ
     the assignment in the order of ``domains``."""
     schedule = dict(schedule or {})
     variant = VARIANTS[row]
-    spec = {k: v for k, v in SETTINGS[setting].items() if k != "capacities"}
-    by_domain = capacity_map(setting, run_assignment(row, assignment), domains)
+    made_as = run_setting(row, setting)
+    spec = {k: v for k, v in SETTINGS[made_as].items() if k != "capacities"}
+    by_domain = capacity_map(made_as, run_assignment(row, assignment), domains)
     return {**BASE, **schedule, **spec, **variant.overrides, "method": variant.method, "seed": seed,
             "domains": ",".join(domains), "capacities": ",".join(str(by_domain[d]) for d in domains),
             "output-dir": str(out), "run-name": run_name(setting, assignment, row, seed, schedule, tag)}
@@ -551,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results(f"{name}{suffix}", {
         "base": {**BASE, **schedule}, "settings": SETTINGS, "assignments": ASSIGNMENTS, "easy_to_hard": EASY_TO_HARD,
         "capacities": capacities, "shared_runs": f"{sorted(ASSIGNMENT_FREE)} rows run once as assignment "
-                                                 f"'{SHARED}' (paper capacities) and appear in every table",
+                                                 f"'{SHARED}' (paper capacities) and appear in every table; "
+                                                 "extreme shows feature's (same data, same smallest capacity)",
         "rows": {r: {"method": VARIANTS[r].method, "overrides": VARIANTS[r].overrides} for r in rows},
         "seeds": args.seeds, "weights": args.weights, "tag": args.tag, "references": args.reference,
         "summary": summary, "stats": stats, "tables": tables, "machine": machine(),

@@ -24,6 +24,7 @@ from fedra_core.trainable import build_trainable_model
 from server_app import outputs
 from server_app.checkpoint import CHECKPOINT_NAME, ServerState, load_checkpoint, save_checkpoint
 from server_app.discovery import NodeDiscovery
+from server_app.exchange import send_and_receive
 from server_app.server_eval import ServerEvaluator
 from server_app.strategy import FedRAStrategy
 from server_app.validation import ReplyLimits
@@ -124,7 +125,7 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
             raise RuntimeError("no node answered the capacity query; is any SuperNode connected with the same backbone?")
         left_out["train"].clear()
         messages = list(strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), grid))
-        replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
+        replies = send_and_receive(grid, messages, cfg.round_timeout)
         new_arrays, metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             global_state = new_arrays.to_torch_state_dict()
@@ -173,7 +174,7 @@ def evaluate_round(
     ``eval-rejected``, ``eval-timings`` and ``server-accuracy`` / ``server-average``)."""
     left_out["evaluate"].clear()
     messages = list(strategy.configure_evaluate(server_round, ArrayRecord(state), ConfigRecord(), grid))
-    replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
+    replies = send_and_receive(grid, messages, timeout)
     metrics = strategy.aggregate_evaluate(server_round, replies)
     out = outputs.eval_record(metrics, left_out["evaluate"]) if metrics is not None else {}
     if server_eval is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from server_app.exchange import send_and_receive
 from server_app.strategy import FedRAStrategy, NodeInfo
 
 log = logging.getLogger("fedra")
@@ -44,7 +45,7 @@ class NodeDiscovery:
                        message_type=MessageType.QUERY)
             for n in new
         }
-        replies = list(grid.send_and_receive(list(messages.values()), timeout=self.timeout))
+        replies = send_and_receive(grid, list(messages.values()), self.timeout)
         node_of = {m.metadata.message_id: n for n, m in messages.items() if m.metadata.message_id}
         answered: set[int] = set()
         for reply in replies:

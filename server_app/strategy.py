@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import Strategy
 from fedra_core.data.partition import sample_round_clients
 from fedra_core.methods import Method
 from fedra_core.state import State
-from server_app.validation import RejectedReply, ReplyLimits, check_eval_reply, check_reply
+from server_app.validation import NO_REPLY, RejectedReply, ReplyLimits, check_eval_reply, check_reply
 
 log = logging.getLogger("fedra")
 
@@ -249,7 +249,7 @@ class FedRAStrategy(Strategy):
         for node in current.nodes:
             if node.node_id not in states and node.node_id not in rejected:
                 rejected.append(node.node_id)
-                self._reject("train", server_round, node.node_id, "no reply (node failed or timed out)")
+                self._reject("train", server_round, node.node_id, NO_REPLY)
         accepted = [n.node_id for n in current.nodes if n.node_id in states]
         record: dict = {
             "accepted": len(accepted),

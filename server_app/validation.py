@@ -8,12 +8,26 @@ from dataclasses import dataclass
 
 import torch
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 
 from fedra_core.state import State
 
 
+NO_REPLY = "no reply (node failed or timed out)"
+
+
 class RejectedReply(Exception):
     """A reply failed validation; the message says why in one line."""
+
+
+def _check_error(reply: Message) -> None:
+    """Raise RejectedReply naming why an error reply came: the SuperLink's stand-in for a node whose
+    heartbeats stopped, else the node's own error."""
+    if not reply.has_error():
+        return
+    if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+        raise RejectedReply("node unavailable (the SuperLink stopped hearing its heartbeats)")
+    raise RejectedReply(f"the node reported an error: {reply.error.reason}")
 
 
 @dataclass(frozen=True)
@@ -31,8 +45,7 @@ def check_reply(reply: Message, sent: Mapping[str, torch.Tensor], limits: ReplyL
     dtypes, finite values, an update norm within bounds and a sane example count. Raises
     RejectedReply otherwise.
     """
-    if reply.has_error():
-        raise RejectedReply(f"the node reported an error: {reply.error.reason}")
+    _check_error(reply)
     content = reply.content
     if "arrays" not in content or "metrics" not in content:
         raise RejectedReply("reply lacks its 'arrays' or 'metrics' record")
@@ -79,8 +92,7 @@ def check_eval_reply(reply: Message, limits: ReplyLimits) -> dict[str, float]:
     Raises RejectedReply when the node reported an error, a count is missing or not an integer in
     range, accuracy lies outside [0, 1] or disagrees with correct / num-examples, or a value is NaN.
     """
-    if reply.has_error():
-        raise RejectedReply(f"the node reported an error: {reply.error.reason}")
+    _check_error(reply)
     if "metrics" not in reply.content:
         raise RejectedReply("reply lacks its 'metrics' record")
     metrics = dict(reply.content["metrics"])

@@ -67,7 +67,10 @@ def test_rounds_send_allocated_lora_only_and_fold_replies_with_aggregate_fedra(t
 
 
 def test_run_folder_outputs_and_metrics(tmp_path):
-    run_dir, grid, _ = run_inprocess(tmp_path)
+    run_dir, grid, _ = run_inprocess(tmp_path, **{"round-timeout": 77.0, "query-timeout": 33.0})
+    # every message expires when the server stops waiting for it (no stale task for a node that comes back late)
+    assert {(m.metadata.message_type, m.metadata.ttl) for m in grid.sent} == {
+        ("query", 33.0), ("train", 77.0), ("evaluate", 77.0)}
     for name in ("metrics.jsonl", "summary.md", "accuracy.png", "allocation.png", "config.json",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/backbone.json"):
         assert (run_dir / name).is_file(), name

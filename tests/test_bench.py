@@ -71,8 +71,9 @@ def test_every_benchmark_config_is_a_valid_run_config(setting: str, tmp_path: Pa
         for row, variant in accuracy.VARIANTS.items():
             cfg = accuracy.run_config(setting, assignment, row, 1, DIGITS_DOMAINS, tmp_path,
                                       {"num-server-rounds": 10, "lr": 0.1}, tag="full")
-            named = "any" if variant.method in ("alllarge", "allsmall") else assignment
-            assert cfg["run-name"] == f"{setting}-{named}-{row}-s1-r10-lr0.1-full"
+            shared = variant.method in ("alllarge", "allsmall")
+            made_as = "feature" if shared and setting == "extreme" else setting
+            assert cfg["run-name"] == f"{made_as}-{'any' if shared else assignment}-{row}-s1-r10-lr0.1-full"
             assert cfg["method"] == variant.method and variant.overrides.items() <= cfg.items()
             if set(variant.overrides) <= known:  # options whose keys the run config does not know yet are skipped
                 parsed = load_run_config(cfg)
@@ -94,6 +95,20 @@ def test_shared_rows_run_once_for_every_assignment(tmp_path: Path) -> None:
     assert cells[("feature", "paper", "alllarge", 0)] == cells[("feature", "rich-hard", "alllarge", 0)] == "feature-any-alllarge-s0-t"
     assert cells[("feature", "rich-hard", "fedra", 1)] == "feature-rich-hard-fedra-s1-t"
     assert all(cfg["backbone-weights"] == "w.safetensors" for cfg in configs.values())
+
+
+def test_extreme_shows_the_feature_settings_alllarge_and_allsmall_runs(tmp_path: Path) -> None:
+    # extreme differs from feature only in capacities 6, 6, 4, 4, 3, 3 (smallest 3 in both): the
+    # capacity-blind rows are the same federations; feature-label has other data, so its own runs
+    configs, cells = accuracy.plan_runs(["feature", "feature-label", "extreme"], ["paper"], ["fedra", "alllarge", "allsmall"],
+                                        [0], DIGITS_DOMAINS, tmp_path)
+    assert cells[("extreme", "paper", "alllarge", 0)] == cells[("feature", "paper", "alllarge", 0)] == "feature-any-alllarge-s0"
+    assert cells[("extreme", "paper", "allsmall", 0)] == "feature-any-allsmall-s0"
+    assert cells[("feature-label", "paper", "alllarge", 0)] == "feature-label-any-alllarge-s0"
+    assert cells[("extreme", "paper", "fedra", 0)] == "extreme-paper-fedra-s0"
+    assert configs["extreme-paper-fedra-s0"]["capacities"] == "6,6,4,4,3,3"
+    assert configs["feature-any-alllarge-s0"]["capacities"] == "12,10,8,6,4,3"
+    assert len(configs) == 3 + 2 + 2
 
 
 def test_finished_runs_are_reused_only_with_the_same_config(tmp_path: Path) -> None:

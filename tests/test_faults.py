@@ -202,6 +202,14 @@ def test_fault_drill_nodes_crash_hang_and_misconfigure_and_the_run_goes_on(feder
         ids = r["accepted"] if which == "accepted" else [int(n) for n in r["rejected"]]
         return {label[n].split(" ")[0] for n in ids}
 
+    def history() -> list:  # what each round did, for the failure messages
+        out = []
+        for r in records[1:]:
+            label = dict(zip(r["node-ids"], r["node-labels"]))
+            out.append((r["round"], sorted(label[n] for n in r["accepted"]),
+                        {label[int(n)]: why for n, why in r["rejected"].items()}))
+        return out
+
     killed_round, frozen_round = marks["killed"], marks["frozen"]  # records[k] is round k
     assert frozen_round == killed_round + 1 and frozen_round < 7, marks  # both faults hit before the last round
     for r in records[1:]:
@@ -215,7 +223,7 @@ def test_fault_drill_nodes_crash_hang_and_misconfigure_and_the_run_goes_on(feder
     # site-b frozen through a round: not accepted in it (no reply, or the SuperLink's "node unavailable"
     # once its heartbeats stopped); back, and queried again if the SuperLink had marked it offline
     assert "printed" in domains(records[frozen_round], "rejected") and "printed" not in domains(records[frozen_round], "accepted")
-    assert any("printed" in domains(r, "accepted") for r in records[frozen_round + 1:])
+    assert any("printed" in domains(r, "accepted") for r in records[frozen_round + 1:]), (history(), marks, result.output[-6000:])
     assert records[-1]["accuracy"].keys() == {"mnist", "printed", "usps"}  # all three evaluate the final model
 
     taking_part = {n for r in records[1:] for n in r["node-ids"]}

@@ -42,7 +42,10 @@ def _garbage_arrays() -> ArrayRecord:
 
 
 TRAIN_CASES = {
-    "error reply": (Message(Error(code=3, reason="out of memory"), reply_to=_message()), "the node reported an error: out of memory"),
+    "error reply": (Message(Error(code=2, reason="out of memory"), reply_to=_message()), "the node reported an error: out of memory"),
+    # the SuperLink's own error reply (Flower's ErrorCode 5), not the node's
+    "node unavailable": (Message(Error(code=5, reason="Node Unavailable"), reply_to=_message()),
+                         "node unavailable (the SuperLink stopped hearing its heartbeats)"),
     "no arrays": (_reply({"metrics": MetricRecord({"num-examples": 10})}), "lacks its 'arrays' or 'metrics'"),
     "no metrics": (_reply({"arrays": ArrayRecord(SENT)}), "lacks its 'arrays' or 'metrics'"),
     "undecodable arrays": (_reply({"arrays": _garbage_arrays(), "metrics": MetricRecord({"num-examples": 10})}), "arrays cannot be decoded"),
@@ -86,7 +89,7 @@ def _eval_reply(**metrics) -> Message:
 
 
 EVAL_CASES = {
-    "error reply": (Message(Error(code=3, reason="disk full"), reply_to=_message()), "the node reported an error: disk full"),
+    "error reply": (Message(Error(code=2, reason="disk full"), reply_to=_message()), "the node reported an error: disk full"),
     "no metrics": (_reply({"arrays": ArrayRecord(SENT)}), "lacks its 'metrics' record"),
     "missing correct": (_reply({"metrics": MetricRecord({"accuracy": 0.5, "loss": 1.0, "num-examples": 10})}), "lacks 'correct'"),
     "float num-examples": (_eval_reply(**{"num-examples": 10.0}), "num-examples 10.0 is not an integer in 1..1000"),

@@ -1,0 +1,32 @@
+"""Sending a round's messages: every message expires when the server stops waiting for its reply."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flwr.app import Message
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+
+# the SuperLink's stand-in replies for a message that expired (or was deleted) before a reply came
+_UNANSWERED = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
+
+
+def send_and_receive(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Message]:
+    """Send ``messages`` and wait at most ``timeout`` seconds for their replies; return the replies
+    the nodes sent (a message left unanswered has none).
+
+    Each message's time to live is set to ``timeout`` (counted from when it was made), so the SuperLink
+    drops a task whose round has closed instead of handing it to a node that comes back late: a node
+    that was frozen, cut off or busy does not spend its next minutes on a task nobody waits for (a
+    SuperNode runs one task at a time) and answers the next round's messages at once. A reply to an
+    expired message is refused by the SuperLink and logged by the node; the SuperLink's own "message
+    unavailable" stand-ins for expired messages are dropped here, so an expired message reads as no
+    reply, whichever of the two the server polled first.
+    """
+    for message in messages:
+        message.metadata.ttl = timeout
+    if not messages:
+        return []
+    replies = grid.send_and_receive(messages, timeout=timeout)
+    return [r for r in replies if not (r.has_error() and r.error.code in _UNANSWERED)]
