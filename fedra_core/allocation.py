@@ -68,6 +68,15 @@ def prefix_allocation(capacities: Sequence[int], num_layers: int) -> np.ndarray:
     return alloc
 
 
+def prefix_model_blocks(capacities: Sequence[int], num_layers: int) -> list[int]:
+    """Return the blocks of a prefix method's global model: 0..max(capacities)-1, the deepest prefix
+    any client trains (all ``num_layers`` with no capacities). Where nobody holds every block, the
+    blocks beyond are never tuned and the head was trained after the deepest held block, so that
+    prefix is the model these clients can ship, and the stronger one to evaluate."""
+    caps = validate_capacities(capacities, num_layers) if capacities else [num_layers]
+    return list(range(max(caps)))
+
+
 def full_allocation(capacities: Sequence[int], num_layers: int) -> np.ndarray:
     """Every client holds every block (capacities are only validated); returns the bool matrix."""
     caps = validate_capacities(capacities, num_layers)

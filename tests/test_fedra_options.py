@@ -1,5 +1,5 @@
 """The corrected baselines and FedRA's options: the last-block allocation, ALLsmall as the k_min-block
-model, DepthFL's ramp over the run, and full-depth head calibration (against hand computations with
+model, prefix methods evaluated at the deepest held block, DepthFL's ramp over the run, and full-depth head calibration (against hand computations with
 plain timm, and through the real apps)."""
 
 from __future__ import annotations
@@ -82,6 +82,14 @@ def test_unknown_allocation_and_calibration_of_another_method_are_one_line_confi
 def test_allsmall_global_model_has_the_smallest_capacity_depth():
     assert get_method("allsmall").model_blocks(12, [12, 6, 3]) == [0, 1, 2]
     assert get_method("fedra").model_blocks(12, [12, 6, 3]) == list(range(12))
+    assert get_method("fedra").model_blocks(12, [6, 4, 3]) == list(range(12))  # FedRA trains every block anyway
+
+
+@pytest.mark.parametrize("method", ["inclusivefl", "depthfl"])
+def test_prefix_methods_global_model_ends_at_the_deepest_held_block(method):
+    assert get_method(method).model_blocks(12, [12, 6, 3]) == list(range(12))
+    assert get_method(method).model_blocks(12, [6, 6, 4, 3]) == [0, 1, 2, 3, 4, 5]  # nobody tunes blocks 6-11
+    assert get_method(method).model_blocks(12, []) == list(range(12))
 
 
 def test_depthfl_ramp_spans_the_run_by_default_and_follows_the_reference_when_asked():
@@ -95,17 +103,19 @@ def test_depthfl_ramp_spans_the_run_by_default_and_follows_the_reference_when_as
 
 
 @pytest.mark.slow
-def test_allsmall_is_evaluated_as_the_kmin_block_model(tmp_path):
+@pytest.mark.parametrize("method, capacities, depth", [("allsmall", "12,6,3", 3), ("inclusivefl", "6,4,3", 6)])
+def test_small_and_prefix_global_models_are_evaluated_at_their_depth(tmp_path, method, capacities, depth):
+    # ALLsmall: the k_min-block model; a prefix method where nobody holds all blocks: the deepest held prefix
     from fedra_core import resolve_backbone
     from fedra_core.data.federation import test_sets
     from server_app.checkpoint import load_checkpoint
 
-    run_dir, grid, _ = run_inprocess(tmp_path, **{"method": "allsmall", "num-server-rounds": 1})
+    run_dir, grid, _ = run_inprocess(tmp_path, **{"method": method, "num-server-rounds": 1, "capacities": capacities})
     evals = [m for m in grid.sent if m.metadata.message_type == "evaluate"]
-    assert evals and all(list(m.content["config"]["blocks"]) == [0, 1, 2] for m in evals)
+    assert evals and all(list(m.content["config"]["blocks"]) == list(range(depth)) for m in evals)
     cfg = load_run_config({**json.loads((run_dir / "config.json").read_text())})
     state = load_checkpoint(run_dir / "checkpoint.safetensors").global_state
-    model = _plain_model(resolve_backbone(cfg.backbone_spec()).path, state, depth=3)
+    model = _plain_model(resolve_backbone(cfg.backbone_spec()).path, state, depth=depth)
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     for domain, data in test_sets(cfg.data_spec(), cfg.eval_max_examples).items():
         x, y = map(torch.stack, zip(*[data[i] for i in range(len(data))]))

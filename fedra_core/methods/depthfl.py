@@ -5,7 +5,8 @@ Their state keys are ``exits.{j}.*``: shared keys that a client receives only fo
 prefix. The distillation weight follows a sigmoid ramp over ``depthfl-ramp-rounds`` (by default the
 run's length, so that distillation is on by the end of any run; the reference code ramps over 500
 rounds, which leaves it near zero in a short run) and travels
-with each training message. The global model is evaluated with its last head, as DepthFL does.
+with each training message. The global model is evaluated with its last head, as DepthFL does, after
+the deepest block any client holds (``allocation.prefix_model_blocks``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedra_core.allocation import prefix_allocation
+from fedra_core.allocation import prefix_allocation, prefix_model_blocks
 from fedra_core.families import ModelFamily, held_blocks
 from fedra_core.methods.base import Method
 from fedra_core.methods.registry import register_method
@@ -112,6 +113,9 @@ class DepthFL(Method):
 
     def allocate(self, capacities: Sequence[int], num_layers: int, rng: np.random.Generator) -> np.ndarray:  # noqa: D102
         return prefix_allocation(capacities, num_layers)
+
+    def model_blocks(self, num_layers: int, capacities: Sequence[int]) -> list[int]:  # noqa: D102
+        return prefix_model_blocks(capacities, num_layers)
 
     def extend_model(self, model: nn.Module, family: ModelFamily) -> nn.Module:  # noqa: D102
         return add_exits(model, family, self.settings.depthfl_every)

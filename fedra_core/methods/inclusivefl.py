@@ -5,6 +5,8 @@ aggregated update) of the blocks that the next deeper clients hold beyond it:
 ``d_top <- (1 - beta) d_top + beta * mean(m_j for those blocks j)``, matched by the key's suffix
 within the block (``attn.proj.lora_A.weight``, ...), so shallow models learn what the deep layers
 learned. The momentum is the method's server state: it is checkpointed and restored on resume.
+The global model is evaluated after the deepest block any client holds
+(``allocation.prefix_model_blocks``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from fedra_core.allocation import prefix_allocation
+from fedra_core.allocation import prefix_allocation, prefix_model_blocks
 from fedra_core.methods.base import Method
 from fedra_core.methods.registry import register_method
 from fedra_core.state import State, block_of_key
@@ -85,6 +87,9 @@ class InclusiveFL(Method):
 
     def allocate(self, capacities: Sequence[int], num_layers: int, rng: np.random.Generator) -> np.ndarray:  # noqa: D102
         return prefix_allocation(capacities, num_layers)
+
+    def model_blocks(self, num_layers: int, capacities: Sequence[int]) -> list[int]:  # noqa: D102
+        return prefix_model_blocks(capacities, num_layers)
 
     def aggregate(self, global_state, client_states, allocation, weights) -> State:  # noqa: D102
         mixed = momentum_distill(global_state, client_states, allocation, self.momentum, self.settings.inclusivefl_beta)
