@@ -30,7 +30,7 @@ TEST_ENV := FEDRA_CACHE=$(CURDIR)/.cache/tests HF_HUB_OFFLINE=1
 
 # everything but the docker-compose federation (its image build alone takes minutes: make test-compose)
 test: venv
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not docker"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not docker" --durations=15
 
 test-fast: venv
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not docker"
