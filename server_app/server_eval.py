@@ -9,7 +9,7 @@ domain of the run's dataset (simulation and benchmarks), ``"imagefolder"`` on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from fedra_core.training import EvalResult, evaluate
 @dataclass
 class ServerEvaluator:
     """The global model on the server's device and the held-out test sets, by name; the model is
-    built for the blocks the method evaluates (every block for all but ALLsmall) and kept."""
+    built for the blocks the method evaluates and kept until other blocks are asked for."""
 
     backbone: Backbone
     lora: LoraSettings
@@ -38,7 +38,8 @@ class ServerEvaluator:
     batch_size: int
     bf16: bool
     device: torch.device
-    _models: dict[tuple[int, ...], torch.nn.Module] = field(default_factory=dict)
+    _blocks: tuple[int, ...] = ()
+    _model: torch.nn.Module | None = None
 
     @classmethod
     def from_config(cls, cfg: RunConfig, backbone: Backbone, method: Method) -> "ServerEvaluator":
@@ -65,9 +66,9 @@ class ServerEvaluator:
         """Return the evaluator's model of ``blocks`` (all by default), built on first use and kept; it
         carries the state last evaluated with it."""
         key = tuple(range(self.backbone.num_layers) if blocks is None else blocks)
-        if key not in self._models:
-            self._models = {key: build_trainable_model(self.backbone, key, self.lora, self.method, str(self.device))}
-        return self._models[key]
+        if self._model is None or key != self._blocks:
+            self._blocks, self._model = key, build_trainable_model(self.backbone, key, self.lora, self.method, str(self.device))
+        return self._model
 
     def results(self, state: State, blocks: Sequence[int] | None = None) -> dict[str, EvalResult]:
         """Return the evaluation of the model of ``blocks`` (all by default) carrying ``state`` on
