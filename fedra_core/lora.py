@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 ADAPTER = "default"
 PEFT_PREFIX = "base_model.model."
+MANIFEST_NAME = "manifest.json"  # sha256 of every file of an exported adapter
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,9 @@ def export_peft_adapter(state: Mapping[str, torch.Tensor], backbone: Backbone, s
 
     Writes ``adapter_config.json`` (LoRA settings, the family's trainable modules as
     ``modules_to_save``), ``adapter_model.safetensors`` (keys in the family's own names) and
-    ``backbone.json`` (how to rebuild the frozen model). Keys that are not part of the plain model
-    (DepthFL exits) are left out. Returns ``out_dir``.
+    ``backbone.json`` (how to rebuild the frozen model) and ``manifest.json`` (the sha256 of each of
+    those files). Keys that are not part of the plain model (DepthFL exits) are left out. Raises
+    ValueError for a NaN or infinite value (nothing is written then). Returns ``out_dir``.
     """
     family = backbone.family
     trained = settings.trainable_modules(family)
@@ -166,9 +168,25 @@ def export_peft_adapter(state: Mapping[str, torch.Tensor], backbone: Backbone, s
         for k, v in state.items()
         if "lora_" in k or k.split(".")[0] in trained
     }
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise ValueError(f"the adapter to export holds NaN or infinite values in {bad!r}; nothing was written to {out_dir}")
     modules = [family.native_key(m) for m in trained]
     config = settings.config(family, modules_to_save=modules, native=True)
     config.save_pretrained(str(out_dir))
     save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
     (out_dir / "backbone.json").write_text(json.dumps(backbone_recipe(backbone), indent=2))
+    files = ("adapter_config.json", "adapter_model.safetensors", "backbone.json")
+    manifest = {name: hashlib.sha256((out_dir / name).read_bytes()).hexdigest() for name in files}
+    (out_dir / MANIFEST_NAME).write_text(json.dumps({"sha256": manifest}, indent=2))
     return out_dir
+
+
+def verify_adapter(out_dir: Path) -> None:
+    """Check the files of an exported adapter folder against its ``manifest.json``; raise ValueError
+    naming the first file that is missing or differs."""
+    manifest = json.loads((out_dir / MANIFEST_NAME).read_text())["sha256"]
+    for name, expected in manifest.items():
+        path = out_dir / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise ValueError(f"{path} does not match {out_dir / MANIFEST_NAME} (missing or changed after export)")

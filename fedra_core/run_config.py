@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fedra_core.backbones import BackboneSpec
 from fedra_core.data.federation import DataSpec
@@ -21,15 +22,22 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message is one line naming the key, the value and what is allowed."""
 
 
+_INTEGER = re.compile(r"[+-]?\d+")
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_SEED = 2**31 - 1
+
+
 def _parse_int_list(value: Any, key: str) -> list[int]:
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        items = [p for p in str(value).replace(" ", "").split(",") if p]
-    try:
-        return [int(p) for p in items]
-    except ValueError:
-        raise ValueError(f"{key} must be a comma-separated list of integers") from None
+    """Parse ``12,10,3`` (spaces around entries allowed) or a list of ints; an empty entry, an entry
+    that is not one integer (``12 3``) or a bool is refused."""
+    items = list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
+    out = []
+    for item in items:
+        if isinstance(item, bool) or not (isinstance(item, int) or _INTEGER.fullmatch(str(item).strip())):
+            what = "an empty entry" if not str(item).strip() else f"entry {str(item).strip()!r}"
+            raise ValueError(f"{key} must be a comma-separated list of integers (found {what})")
+        out.append(int(str(item).strip()))
+    return out
 
 
 _LORA, _TRAIN, _METHOD = LoraSettings(), TrainSettings(), MethodSettings()  # the engine's defaults, defined once
@@ -81,16 +89,33 @@ class RunConfig(BaseModel):
     server_eval_format: Literal["", "dataset", "imagefolder"] = Field("", alias="server-eval-format")
     server_eval_root: str = Field("", alias="server-eval-root")
     server_device: Literal["auto", "cpu", "cuda"] = Field("auto", alias="server-device")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     output_dir: str = Field("runs", alias="output-dir")
     run_name: str = Field("", alias="run-name")
     resume: bool = False
     min_replies: int = Field(1, alias="min-replies", ge=1)
     max_update_norm: float = Field(0.0, alias="max-update-norm", ge=0)
+    max_update_norm_ratio: float = Field(10.0, alias="max-update-norm-ratio", ge=0)
     max_examples: int = Field(10_000_000, alias="max-examples", ge=1)
     round_timeout: float = Field(3600.0, alias="round-timeout", gt=0)
     query_timeout: float = Field(60.0, alias="query-timeout", gt=0)
     bf16: bool = _TRAIN.bf16
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1 for a number; a boolean where a number belongs is a mistake
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, value: str) -> str:
+        if value and not _RUN_NAME.fullmatch(value):
+            raise ValueError("must be one folder name of letters, digits, '.', '_' and '-', starting with a letter or digit "
+                             "(the run folder stays inside 'output-dir')")
+        return value
 
     @field_validator("method")
     @classmethod

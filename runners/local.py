@@ -107,25 +107,23 @@ def run_local(run_config: dict, num_nodes: int, intercept=None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line entry point; returns the exit code."""
+    """Command line entry point; returns the exit code (2: bad config or checkpoint, 1: the run
+    could not go on; one line on stderr, no traceback)."""
     import argparse
-    import sys
 
-    from flwr.common.config import parse_config_args
-
-    from fedra_core.run_config import ConfigError
+    from runners.cli import one_line_errors, parse_run_config
 
     parser = argparse.ArgumentParser(description="Run a FedRA federation in one process (no Ray, no network).")
     parser.add_argument("--num-nodes", type=int, default=6)
     parser.add_argument("--run-config", default="", help="overrides, e.g. \"num-server-rounds=5 method='depthfl'\"")
     args = parser.parse_args(argv)
-    try:
-        run_dir = run_local(parse_config_args([args.run_config]), args.num_nodes)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((run_dir / "summary.md").read_text())
-    return 0
+
+    def run() -> int:
+        run_dir = run_local(parse_run_config(args.run_config), args.num_nodes)
+        print((run_dir / "summary.md").read_text())
+        return 0
+
+    return one_line_errors(run)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid.http_grid import HttpGrid
 
 import fedra_core.demo  # noqa: F401  (registers the demo backbones the default config names)
 from fedra_core.backbones import Backbone, resolve_backbone
@@ -31,6 +32,10 @@ from server_app.validation import ReplyLimits
 
 log = logging.getLogger("fedra")
 app = ServerApp()
+
+
+class RunError(RuntimeError):
+    """A run cannot go on or did not train at all; the message is one line saying why."""
 
 
 @app.main()
@@ -67,18 +72,23 @@ def prepare(cfg: RunConfig) -> tuple[Backbone, Method, State, ServerEvaluator | 
         raise ConfigError(f"config key 'domains' = {cfg.domains!r}: {exc}") from None
     method = cfg.build_method()
     torch.manual_seed(cfg.seed)
-    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), method)
+    try:
+        model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), method)
+    except ValueError as exc:  # peft: a target module the backbone lacks
+        raise ConfigError(f"config key 'lora-targets' = {','.join(cfg.lora_targets)!r}: {' '.join(str(exc).split())}") from None
     initial = clone_state(trainable_state(model))
     server_eval = ServerEvaluator.from_config(cfg, backbone, method) if cfg.server_eval_format else None
     return backbone, method, initial, server_eval
 
 
 def run_federation(grid: Grid, run_config: dict) -> Path:
-    """Run every round of a federation on ``grid``; return the run folder."""
+    """Run every round of a federation on ``grid``; return the run folder.
+
+    Raises ConfigError / CheckpointError (before any training) or RunError, each one line.
+    """
     cfg = load_run_config(run_config)
     backbone, method, global_state, server_eval = prepare(cfg)
-    run_dir = Path(cfg.output_dir) / (cfg.run_name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = _run_dir(cfg)
     ckpt_path = run_dir / CHECKPOINT_NAME
     left_out: dict[str, dict[str, str]] = {"train": {}, "evaluate": {}}
     strategy = FedRAStrategy(
@@ -88,10 +98,12 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
         seed=cfg.seed,
         weighted=cfg.aggregation == "examples",
         min_replies=cfg.min_replies,
-        limits=ReplyLimits(cfg.max_update_norm, cfg.max_examples),
+        limits=ReplyLimits(cfg.max_update_norm, cfg.max_update_norm_ratio, cfg.max_examples),
         sampling=cfg.client_sampling,
         clients_per_round=cfg.clients_per_round,
         on_reject=lambda kind, _round, node, reason: left_out[kind].__setitem__(str(node), reason),
+        # a deployed node could claim another's test split; in simulation the operator runs every node
+        share_eval_sets=not isinstance(grid, HttpGrid),
     )
     strategy.summary()
     first_round = 1
@@ -111,8 +123,10 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
         outputs.truncate_metrics(run_dir, saved.round)
         log.info("resuming %s after round %d", run_dir, saved.round)
     else:
-        (run_dir / "metrics.jsonl").write_text("")
         discover(grid, strategy, 0)
+        _require_nodes(strategy, discover)
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text("")
         evaluation = evaluate_round(grid, strategy, server_eval, 0, global_state, cfg.round_timeout, left_out) if cfg.eval_every else {}
         _log_record(run_dir, {"round": 0, "seconds": 0.0, **evaluation}, cfg.num_server_rounds)
     save_config = {k: v for k, v in cfg.model_dump(by_alias=True).items()}
@@ -121,8 +135,7 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
     for server_round in range(first_round, cfg.num_server_rounds + 1):
         start = time.perf_counter()
         discover(grid, strategy, server_round)
-        if not strategy.nodes:
-            raise RuntimeError("no node answered the capacity query; is any SuperNode connected with the same backbone?")
+        _require_nodes(strategy, discover)
         left_out["train"].clear()
         messages = list(strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), grid))
         replies = send_and_receive(grid, messages, cfg.round_timeout)
@@ -156,7 +169,49 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
         )
 
     finish(run_dir, cfg, backbone, global_state)
+    if all(r.get("skipped", True) for r in outputs.read_metrics(run_dir) if r["round"] > 0):
+        raise RunError(
+            f"every round of {run_dir} was skipped (fewer accepted replies than min-replies = {cfg.min_replies}; "
+            "the rejection reasons are in metrics.jsonl): the global model was never updated"
+        )
     return run_dir
+
+
+def _run_dir(cfg: RunConfig) -> Path:
+    """Return the run folder: ``output-dir/run-name``, which must not hold a run unless resuming;
+    without a run-name ``<method>-<timestamp>``, with a suffix when that exists already."""
+    root = Path(cfg.output_dir)
+    if cfg.run_name:
+        run_dir = root / cfg.run_name
+        if not cfg.resume:
+            check_new_run(run_dir, cfg.run_name)
+        return run_dir
+    base = f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = root / base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = root / f"{base}-{n}"
+    return run_dir
+
+
+def check_new_run(run_dir: Path, run_name: str) -> None:
+    """Raise ConfigError when ``run_dir`` holds anything: an earlier run is never overwritten."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise ConfigError(
+            f"config key 'run-name' = {run_name!r}: {run_dir} holds an earlier run; choose another run-name, "
+            "or set resume=true to continue it"
+        )
+
+
+def _require_nodes(strategy: FedRAStrategy, discover: NodeDiscovery) -> None:
+    """Raise RunError when no node takes part, naming why the nodes that answered were left out."""
+    if strategy.nodes:
+        return
+    reasons = "; ".join(f"node {n}: {r}" for n, r in sorted(discover.reasons.items())[:3])
+    raise RunError(
+        "no node takes part: " + (reasons if reasons else "no SuperNode is connected")
+        + (f" (and {len(discover.reasons) - 3} more)" if len(discover.reasons) > 3 else "")
+    )
 
 
 def evaluate_round(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -38,11 +39,22 @@ class ServerState:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Return the sha256 over ``tensors`` in key order: each key, dtype, shape and raw bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key].detach().contiguous().cpu()
+        digest.update(json.dumps([key, str(value.dtype), list(value.shape)]).encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, state: ServerState) -> None:
-    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename, fsync of the folder."""
+    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename, fsync of the folder.
+    The metadata carry a sha256 over the tensors, which :func:`load_checkpoint` verifies."""
     tensors = {GLOBAL + k: v.detach().contiguous().cpu() for k, v in state.global_state.items()}
     tensors.update({METHOD + k: v.detach().contiguous().cpu() for k, v in state.method_state.items()})
-    metadata = {"round": str(state.round), "info": json.dumps(state.info)}
+    metadata = {"round": str(state.round), "info": json.dumps(state.info), "sha256": tensors_sha256(tensors)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
@@ -61,7 +73,8 @@ def load_checkpoint(path: Path, expected: Mapping[str, torch.Tensor] | None = No
 
     ``expected`` (the run's initial global state) makes every key and shape of the saved global state
     be checked against it. Raises CheckpointError, one line naming the file: missing (with what to
-    do), unreadable, truncated or corrupt, or made for another model.
+    do), unreadable, truncated or corrupt, tensors not matching the checksum written with them, a
+    NaN or infinite value, or made for another model.
     """
     if not path.is_file():
         raise CheckpointError(
@@ -74,8 +87,14 @@ def load_checkpoint(path: Path, expected: Mapping[str, torch.Tensor] | None = No
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         round_ = int(metadata["round"])
         info = json.loads(metadata["info"])
+        checksum = metadata["sha256"]
     except Exception as exc:  # any corruption ends up here
         raise CheckpointError(f"resume: checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc})") from None
+    if tensors_sha256(tensors) != checksum:
+        raise CheckpointError(f"resume: checkpoint {path} fails its checksum (its tensors were changed after it was written)")
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"resume: checkpoint {path} holds NaN or infinite values in {key!r}")
     state = ServerState(
         round=round_,
         global_state={k[len(GLOBAL):]: v for k, v in tensors.items() if k.startswith(GLOBAL)},

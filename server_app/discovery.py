@@ -10,6 +10,7 @@ from flwr.serverapp import Grid
 
 from server_app.exchange import send_and_receive
 from server_app.strategy import FedRAStrategy, NodeInfo
+from server_app.validation import RejectedReply, check_query_reply
 
 log = logging.getLogger("fedra")
 
@@ -28,6 +29,7 @@ class NodeDiscovery:
 
     timeout: float
     restored: dict[str, int] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)  # why each node is left out now
     _retry_round: dict[int, int] = field(default_factory=dict)
     _failures: dict[int, int] = field(default_factory=dict)
 
@@ -62,27 +64,24 @@ class NodeDiscovery:
 
     def _register(self, strategy: FedRAStrategy, node_id: int, reply: Message) -> str:
         """Register the node of a query reply; return why it is left out ("" when registered)."""
-        if reply.has_error():
-            return f"its capacity query failed: {reply.error.reason}"
         try:
-            metrics, config = reply.content["metrics"], reply.content["config"]
-            if config["fingerprint"] != strategy.fingerprint:
-                return f"it holds another backbone (fingerprint {config['fingerprint']}, server {strategy.fingerprint})"
-            capacity = int(metrics["capacity-layers"])
-            if str(node_id) in self.restored:
-                capacity = int(self.restored.pop(str(node_id)))
-            info = NodeInfo(
-                node_id, int(metrics["partition-id"]), capacity, str(config["domain"]),
-                int(metrics["num-train"]), int(metrics["num-test"]), str(config["eval-set"]),
-            )
+            claim = check_query_reply(reply, strategy.limits)
+        except RejectedReply as exc:
+            return str(exc) if str(exc).startswith("its capacity query") else f"its capacity reply is unusable: {exc}"
+        if claim.fingerprint != strategy.fingerprint:
+            return f"it holds another backbone (fingerprint {claim.fingerprint}, server {strategy.fingerprint})"
+        capacity = int(self.restored.pop(str(node_id), claim.capacity))
+        info = NodeInfo(node_id, claim.partition_id, capacity, claim.domain, claim.num_train, claim.num_test, claim.eval_set)
+        try:
             strategy.register(info)
-        except (KeyError, TypeError, ValueError) as exc:
+        except ValueError as exc:
             return f"its capacity reply is unusable: {exc}"
         self._failures.pop(node_id, None)
         self._retry_round.pop(node_id, None)
+        self.reasons.pop(node_id, None)
         log.info(
             "node %d: domain %s, capacity %d blocks, %d train / %d test examples, device %s",
-            node_id, info.domain, info.capacity, info.num_train, info.num_test, config["device"],
+            node_id, info.domain, info.capacity, info.num_train, info.num_test, claim.device,
         )
         return ""
 
@@ -90,4 +89,5 @@ class NodeDiscovery:
         failures = self._failures[node_id] = self._failures.get(node_id, 0) + 1
         retry = server_round + 2**failures
         self._retry_round[node_id] = retry
+        self.reasons[node_id] = reason
         log.warning("node %d left out: %s (asked again in round %d)", node_id, reason, retry)

@@ -15,7 +15,9 @@ from flwr.serverapp.strategy import Strategy
 from fedra_core.data.partition import sample_round_clients
 from fedra_core.methods import Method
 from fedra_core.state import State
-from server_app.validation import NO_REPLY, RejectedReply, ReplyLimits, check_eval_reply, check_reply
+from server_app.validation import (
+    NO_REPLY, RejectedReply, ReplyLimits, TrainClaim, check_eval_reply, check_reply, norm_outliers,
+)
 
 log = logging.getLogger("fedra")
 
@@ -33,13 +35,14 @@ def _sent_nbytes(message: Message) -> int:
     return sum(record_nbytes(message.content[name]) for name in ("arrays", "context") if name in message.content)
 
 
-def node_timings(metrics: Mapping[str, float], received: float) -> dict[str, float]:
-    """Return a reply's phase times (its ``t-*`` metrics, seconds) and ``reply``: from the node's
-    reply to the server's receipt of the round's replies (transfer and waiting for the others)."""
-    times = {k[2:]: float(v) for k, v in metrics.items() if k.startswith("t-") and k != "t-end"}
-    if "t-end" in metrics:
-        times["reply"] = max(received - float(metrics["t-end"]), 0.0)
-    return times
+def node_timings(times: Mapping[str, float], received: float) -> dict[str, float]:
+    """Return a reply's phase times (its validated ``t-*`` metrics without the prefix, seconds) and
+    ``reply``: from the node's reply (``end``, its clock) to the server's receipt of the round's
+    replies (transfer and waiting for the others)."""
+    out = {k: float(v) for k, v in times.items() if k != "end"}
+    if "end" in times:
+        out["reply"] = max(received - float(times["end"]), 0.0)
+    return out
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,10 @@ class FedRAStrategy(Strategy):
         Nodes per round for ``uniform`` sampling (0: all).
     on_reject : RejectHook | None (default: None)
         Called with (kind, round, node id, reason) for every reply left out, besides the log line.
+    share_eval_sets : bool (default: False)
+        Ask one node per reported ``eval-set`` (partitions of one domain in simulation hold the same
+        test split). Off in deployment: a node could claim another node's split and keep it from
+        being evaluated, so every node evaluates its own.
     """
 
     def __init__(
@@ -127,6 +134,7 @@ class FedRAStrategy(Strategy):
         sampling: str = "all",
         clients_per_round: int = 0,
         on_reject: RejectHook | None = None,
+        share_eval_sets: bool = False,
     ) -> None:
         self.method = method
         self.num_layers = num_layers
@@ -138,6 +146,7 @@ class FedRAStrategy(Strategy):
         self.sampling = sampling
         self.clients_per_round = clients_per_round
         self.on_reject = on_reject
+        self.share_eval_sets = share_eval_sets
         self.nodes: dict[int, NodeInfo] = {}
         self._round: _Round | None = None
         self._eval_messages: dict[int, Message] = {}
@@ -223,10 +232,8 @@ class FedRAStrategy(Strategy):
         # its own node id as sender, so replies are matched to nodes through the message they answer
         node_of = {m.metadata.message_id: nid for nid, m in current.messages.items() if m.metadata.message_id}
         states: dict[int, State] = {}
-        examples: dict[int, int] = {}
-        losses: dict[int, float] = {}
+        claims: dict[int, TrainClaim] = {}
         received_bytes: dict[int, int] = {}
-        timings: dict[int, dict[str, float]] = {}
         rejected: list[int] = []
         received = time.time()
         for reply in replies:
@@ -234,18 +241,21 @@ class FedRAStrategy(Strategy):
             if node_id not in row_of or node_id in states or node_id in rejected:
                 log.warning("round %d: ignoring a reply from node %d, which was not asked", server_round, node_id)
                 continue
-            if not reply.has_error() and "arrays" in reply.content:
+            if not reply.has_error() and "arrays" in reply.content and isinstance(reply.content["arrays"], ArrayRecord):
                 received_bytes[node_id] = record_nbytes(reply.content["arrays"])
             try:
-                state, metrics = check_reply(reply, current.sent[node_id], self.limits)
+                states[node_id], claims[node_id] = check_reply(reply, current.sent[node_id], self.limits)
             except RejectedReply as exc:
                 rejected.append(node_id)
                 self._reject("train", server_round, node_id, str(exc))
-                continue
-            timings[node_id] = node_timings(metrics, received)
-            states[node_id], examples[node_id] = state, int(metrics["num-examples"])
-            losses[node_id] = float(metrics.get("train-loss", float("nan")))
-            self._update_capacity(node_id, metrics)
+        outliers = norm_outliers({n: c.group_norms for n, c in claims.items()}, self.limits.max_update_norm_ratio)
+        for node_id, reason in outliers.items():
+            del states[node_id], claims[node_id]
+            rejected.append(node_id)
+            self._reject("train", server_round, node_id, reason)
+        for node_id, claim in claims.items():
+            self._update_capacity(node_id, claim.capacity)
+        timings = {n: node_timings(c.times, received) for n, c in claims.items()}
         for node in current.nodes:
             if node.node_id not in states and node.node_id not in rejected:
                 rejected.append(node.node_id)
@@ -272,10 +282,10 @@ class FedRAStrategy(Strategy):
             )
             return None, MetricRecord(record)
         allocation = current.allocation[[row_of[n] for n in accepted]]
-        weights = [examples[n] for n in accepted] if self.weighted else None
+        weights = [claims[n].num_examples for n in accepted] if self.weighted else None
         new_state = self.method.aggregate(current.global_state, [states[n] for n in accepted], allocation, weights)
-        n_ex = np.array([examples[n] for n in accepted], dtype=float)
-        record["train-loss"] = float(np.dot(n_ex, [losses[n] for n in accepted]) / n_ex.sum())
+        n_ex = np.array([claims[n].num_examples for n in accepted], dtype=float)
+        record["train-loss"] = float(np.dot(n_ex, [claims[n].loss for n in accepted]) / n_ex.sum())
         return ArrayRecord(new_state), MetricRecord(record)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -285,7 +295,8 @@ class FedRAStrategy(Strategy):
         chosen: dict[str, NodeInfo] = {}
         for node in self.ordered_nodes():
             if node.num_test > 0:
-                chosen.setdefault(node.eval_set or f"node:{node.node_id}", node)
+                shared = self.share_eval_sets and node.eval_set
+                chosen.setdefault(node.eval_set if shared else f"node:{node.node_id}", node)
         blocks = self.model_blocks()
         cfg = ConfigRecord({**dict(config), "server-round": server_round, "fingerprint": self.fingerprint, "blocks": blocks})
         self._eval_messages = {
@@ -316,18 +327,19 @@ class FedRAStrategy(Strategy):
             if node_id not in asked or node_id in accepted or node_id in rejected:
                 log.warning("round %d: ignoring an evaluation reply from node %d, which was not asked", server_round, node_id)
                 continue
+            node = self.nodes.get(node_id)
             try:
-                metrics = check_eval_reply(reply, self.limits)
+                claim = check_eval_reply(reply, self.limits, node.num_test if node is not None else None)
             except RejectedReply as exc:
                 rejected.append(node_id)
                 self._reject("evaluate", server_round, node_id, str(exc))
                 continue
-            timings[node_id] = node_timings(metrics, received)
-            domain = self.nodes[node_id].domain if node_id in self.nodes else f"node {node_id}"
-            n = int(metrics["num-examples"])
-            correct[domain] = correct.get(domain, 0) + int(metrics["correct"])
+            timings[node_id] = node_timings(claim.times, received)
+            domain = node.domain if node is not None else f"node {node_id}"
+            n = claim.num_examples
+            correct[domain] = correct.get(domain, 0) + claim.correct
             examples[domain] = examples.get(domain, 0) + n
-            loss_sum[domain] = loss_sum.get(domain, 0.0) + float(metrics["loss"]) * n
+            loss_sum[domain] = loss_sum.get(domain, 0.0) + claim.loss * n
             accepted.append(node_id)
         for node_id in asked:
             if node_id not in accepted and node_id not in rejected:
@@ -361,13 +373,12 @@ class FedRAStrategy(Strategy):
         if self.on_reject is not None:
             self.on_reject(kind, server_round, node_id, reason)
 
-    def _update_capacity(self, node_id: int, metrics: Mapping[str, float]) -> None:
-        cap = metrics.get("capacity-layers")
+    def _update_capacity(self, node_id: int, cap: int | None) -> None:
         node = self.nodes.get(node_id)
-        if node is None or cap is None or int(cap) == node.capacity:
+        if node is None or cap is None or cap == node.capacity:
             return
         try:
-            self.register(replace(node, capacity=int(cap)))
-            log.info("node %d now reports capacity %d (used from the next round)", node_id, int(cap))
+            self.register(replace(node, capacity=cap))
+            log.info("node %d now reports capacity %d (used from the next round)", node_id, cap)
         except ValueError as exc:
             log.warning("%s; keeping capacity %d", exc, node.capacity)

@@ -115,12 +115,36 @@ def test_bad_evaluation_replies_are_rejected(change, reason):
     metrics = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
     with pytest.raises(RejectedReply, match=reason):
         check_eval_reply(_eval_reply(**metrics), ReplyLimits())
-    assert check_eval_reply(_eval_reply(**GOOD), ReplyLimits())["correct"] == 2
+    assert check_eval_reply(_eval_reply(**GOOD), ReplyLimits()).correct == 2
+
+
+def test_evaluation_reply_must_count_the_examples_the_node_reported_when_queried():
+    # the poisoning of the audit: a node claims 10,000,000 examples to outweigh every other node
+    with pytest.raises(RejectedReply, match="num-examples 10000000 is not the 8 test examples the node reported when queried"):
+        check_eval_reply(_eval_reply(**{**GOOD, "num-examples": 10_000_000, "correct": 10_000_000, "accuracy": 1.0}), ReplyLimits(), 8)
+    assert check_eval_reply(_eval_reply(**GOOD), ReplyLimits(), 8).num_examples == 8
+
+
+def _eval_strategy(share_eval_sets: bool) -> FedRAStrategy:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    strategy = FedRAStrategy(get_method("fedra"), num_layers=12, fingerprint="f", share_eval_sets=share_eval_sets)
+    strategy.register(NodeInfo(1, -1, 12, "clinic", 500, 100, ""))
+    strategy.register(NodeInfo(2, -1, 3, "clinic", 200, 50, "digits:usps"))  # claims node 3's split
+    strategy.register(NodeInfo(3, 4, 6, "usps", 300, 50, "digits:usps"))
+    return strategy
+
+
+def test_in_deployment_every_node_evaluates_its_own_split_whatever_eval_set_it_claims():
+    messages = list(_eval_strategy(False).configure_evaluate(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), None))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3]
+    # where sharing is on (simulation, the operator runs every node) the claim would keep node 3 out
+    messages = list(_eval_strategy(True).configure_evaluate(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), None))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2]
 
 
 def test_strategy_asks_each_test_split_once_and_pools_a_domain_by_examples():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    strategy = FedRAStrategy(get_method("fedra"), num_layers=12, fingerprint="f")
+    strategy = FedRAStrategy(get_method("fedra"), num_layers=12, fingerprint="f", share_eval_sets=True)
     strategy.register(NodeInfo(1, -1, 12, "clinic", 500, 100, ""))
     strategy.register(NodeInfo(2, -1, 3, "clinic", 200, 50, ""))
     strategy.register(NodeInfo(3, 4, 6, "usps", 300, 50, "digits:usps"))

@@ -96,7 +96,8 @@ def test_digits_and_partition_formats_hold_one_domain_only():
     digits = load_node_data(NodeDataSpec("digits", domain="printed"), RUN, TEN, img_size=28, max_test=50)
     reference = domain_split(RUN, "printed", "test")
     assert digits.domain == "printed" and len(digits.test) == 50
-    assert torch.equal(digits.test[7][0], reference[7][0])
+    kept = digits.test.indices
+    assert torch.equal(digits.test[7][0], reference[kept[7]][0])
     part = load_node_data(NodeDataSpec("partition", partition_id=2), RUN, TEN, img_size=28)
     domain, train = client_train_data(RUN, 2)
     assert part.domain == domain == "usps" and len(part.train) == len(train) == 3000
@@ -127,3 +128,63 @@ def test_imagefolder_written_from_digits_keeps_its_labels(tmp_path):
     labels = domain_split(RUN, "printed", "test").tensors[1][:20].numpy()
     got = np.array([int(data.test[i][1]) for i in range(20)])
     assert sorted(got.tolist()) == sorted(labels.tolist())
+
+
+def test_eval_max_examples_draws_a_seeded_class_stratified_sample(tmp_path):
+    # the audit: 10 examples of a 10-class folder were the first 10 files, labels 0 and 1 only
+    root = tmp_path / "ten"
+    for c in range(10):
+        _solid(root / "train" / str(c) / "0.png", (20 * c, 0, 0))
+        for i in range(5):
+            _solid(root / "test" / str(c) / f"{i}.png", (20 * c, 0, 0))
+    data = load_node_data(NodeDataSpec("imagefolder", str(root)), RUN, TEN, img_size=8, max_test=10)
+    labels = [int(data.test[i][1]) for i in range(len(data.test))]
+    assert sorted(labels) == list(range(10))  # one of each class; the first 10 files hold labels 0 and 1
+    again = load_node_data(NodeDataSpec("imagefolder", str(root)), RUN, TEN, img_size=8, max_test=10)
+    assert list(again.test.indices) == list(data.test.indices)  # one seed, one sample
+    other = load_node_data(NodeDataSpec("imagefolder", str(root)), DataSpec(dataset="digits", seed=1), TEN, img_size=8, max_test=10)
+    assert list(other.test.indices) != list(data.test.indices)  # another seed, another sample
+
+
+def test_stratified_indices_hand_worked_example():
+    from fedra_core.data.node_data import stratified_indices
+
+    targets = np.array([0] * 6 + [1] * 3 + [2] * 1)  # shares of 5: 3, 1.5, 0.5 -> 3, 2 (larger remainder, lower label), 0
+    picked = stratified_indices(targets, 5, seed=0)
+    assert len(picked) == 5 and picked == sorted(picked)
+    assert np.bincount(targets[picked], minlength=3).tolist() == [3, 2, 0]
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_not_served_stale(tmp_path):
+    # cp -p keeps size and mtime: the cache is keyed by content, so the new pixels are read
+    import os
+
+    from PIL import Image
+
+    root = tmp_path / "bmp"
+    for split in ("train", "test"):
+        for label, colour in (("cat", (200, 10, 10)), ("dog", (10, 10, 200))):
+            (root / split / label).mkdir(parents=True)
+            Image.new("RGB", (8, 8), colour).save(root / split / label / "0.bmp")  # BMP: same size for any colour
+    before = _load(root)
+    path = root / "test" / "cat" / "0.bmp"
+    st = path.stat()
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    after = _load(root)
+    assert not torch.equal(after.test[0][0], before.test[0][0])
+    assert after.test[0][0][1].mean() > after.test[0][0][0].mean()  # green now
+
+
+def test_a_corrupt_cache_file_is_rebuilt_with_a_line_saying_so(tmp_path, caplog):
+    from fedra_core.backbones import cache_dir
+
+    root = _folder(tmp_path / "pets")
+    first = _load(root).test[0][0].clone()  # a copy: the cache file is memory-mapped
+    for cached in (cache_dir() / "node-data").glob("*.safetensors"):  # keyed by content: maybe another test's too
+        cached.write_bytes(b"\x00" * 64)
+    with caplog.at_level("WARNING", logger="fedra"):
+        again = _load(root)
+    assert "is unreadable" in caplog.text and "rebuilding it" in caplog.text
+    assert torch.equal(again.test[0][0], first)

@@ -52,7 +52,7 @@ TRAIN_CASES = {
     "unknown key": (_train_reply({**SENT, "backdoor.weight": torch.zeros(1)}), "unexpected key 'backdoor.weight'"),
     "missing key": (_train_reply({"head.bias": torch.ones(4)}), "missing key 'blocks.0.a.lora_A.weight'"),
     "wrong shape": (_train_reply({**SENT, "head.bias": torch.zeros(5)}), "'head.bias' has shape (5,), expected (4,)"),
-    "wrong dtype": (_train_reply({**SENT, "head.bias": torch.zeros(4, dtype=torch.float64)}), "'head.bias' has dtype torch.float64"),
+    "wrong dtype": (_train_reply({**SENT, "head.bias": torch.zeros(4, dtype=torch.float64)}), "'head.bias' has dtype 'float64', expected float32"),
     "NaN": (_train_reply({**SENT, "head.bias": torch.tensor([0.0, math.nan, 0.0, 0.0])}), "'head.bias' contains NaN or Inf"),
     "huge update": (_train_reply({**SENT, "head.bias": torch.full((4,), 60.0)}), "update norm 120 exceeds max-update-norm 100"),
     "float num-examples": (_train_reply(**{"num-examples": 10.0}), "num-examples 10.0 is not an integer in 1..1000"),
@@ -78,8 +78,9 @@ def test_bool_num_examples_is_refused():
 
 
 def test_good_training_reply_passes_with_its_update_norm():
-    state, metrics = check_reply(_train_reply(), SENT, LIMITS)
-    assert metrics["update-norm"] == pytest.approx(math.sqrt(10 * 0.25))  # 10 entries moved by 0.5
+    state, claim = check_reply(_train_reply(), SENT, LIMITS)
+    assert claim.update_norm == pytest.approx(math.sqrt(10 * 0.25))  # 10 entries moved by 0.5
+    assert claim.group_norms == pytest.approx({0: math.sqrt(6 * 0.25), "shared": math.sqrt(4 * 0.25)})
     assert torch.equal(state["head.bias"], torch.full((4,), 0.5))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ from fedra_core.data.federation import DataSpec, client_train_data, domain_split
 
 DATA_FORMATS: tuple[str, ...] = ("imagefolder", "domainnet", "nicopp", "digits", "partition", "tokens")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: files keyed by content hash
+log = logging.getLogger("fedra")
 _MEAN, _STD = 0.5, 0.5  # the backbones' own statistics, as for the paper datasets
 
 
@@ -95,8 +97,9 @@ def load_node_data(
 
     ``run`` is the run's dataset settings (used by ``partition``, and the seed by ``digits``);
     ``labels`` the run's label space; ``img_size`` the backbone's input size (``imagefolder``);
-    ``max_test`` keeps the first that many test images when positive. Raises NodeDataError naming
-    the node-config key, the value and what is expected.
+    ``max_test``, when positive, keeps a sample of that many test examples drawn with the run's seed
+    and stratified by class (:func:`stratified_indices`). Raises NodeDataError naming the
+    node-config key, the value and what is expected.
     """
     if spec.data_format == "partition":
         try:
@@ -118,8 +121,23 @@ def load_node_data(
         data = NodeData(spec.domain, train, test, f"{spec.data_format}:{spec.domain}:{run.seed}")
     _check_labels(data, spec, labels.num_classes)
     if max_test and len(data.test) > max_test:
-        data = NodeData(data.domain, data.train, Subset(data.test, range(max_test)), data.eval_set)
+        data = NodeData(data.domain, data.train, Subset(data.test, stratified_indices(_targets(data.test), max_test, run.seed)),
+                        data.eval_set)
     return data
+
+
+def stratified_indices(targets: np.ndarray, count: int, seed: int) -> list[int]:
+    """Return ``count`` sorted indices into ``targets`` drawn with ``seed``, each class getting its
+    share of ``count`` in proportion to its size (largest remainders round the shares; ties go to
+    the lower label), uniformly at random within the class."""
+    labels, sizes = np.unique(targets, return_counts=True)
+    exact = count * sizes / sizes.sum()
+    shares = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - shares), kind="stable")[: count - shares.sum()]:
+        shares[i] += 1
+    rng = np.random.default_rng([seed, 0x5EED])
+    picked = [rng.permutation(np.flatnonzero(targets == label))[:share] for label, share in zip(labels, shares)]
+    return sorted(int(i) for i in np.concatenate(picked))
 
 
 def _check_labels(data: NodeData, spec: NodeDataSpec, num_classes: int) -> None:
@@ -238,21 +256,32 @@ def imagefolder_split(root: Path, split: str, labels: LabelSpace, size: int, whe
     class outside the label space or an unreadable image.
     """
     where = where or f"'{root}'"
+    from fedra_core.backbones import cache_dir
+
     names = _class_names(root, labels, where)
     files = _list_images(root / split, names, where)
     stored = size if split == "test" else round(size * 256 / 224)
-    listing = [(str(p.relative_to(root)), y, st) for p, y, st in files]
+    try:
+        hashes = _content_hashes([p for p, _ in files], cache_dir() / "node-data" / "hashes")
+    except PermissionError as exc:
+        raise NodeDataError(f"{where}: cannot read {exc.filename}: permission denied") from None
+    listing = [(str(p.relative_to(root)), y, h) for (p, y), h in zip(files, hashes)]
     key = hashlib.sha256(json.dumps([_CACHE_VERSION, size, stored, names, listing]).encode()).hexdigest()[:32]
-    from fedra_core.backbones import cache_dir
-
     cache = cache_dir() / "node-data" / f"{key}.safetensors"
+    tensors = None
     if cache.is_file():
-        tensors = load_file(str(cache))
-    else:
+        try:
+            tensors = load_file(str(cache))
+            if set(tensors) != {"x", "y"} or len(tensors["x"]) != len(files):
+                raise ValueError("unexpected content")
+        except Exception as exc:  # a torn or damaged cache file: decode the images again
+            log.warning("node data cache %s is unreadable (%s); rebuilding it from %s", cache, exc.__class__.__name__, root)
+            tensors = None
+    if tensors is None:
         load = round(size * 256 / 224)
         tensors = {
-            "x": _decode([p for p, _, _ in files], load, stored, where, root),
-            "y": torch.tensor([y for _, y, _ in files], dtype=torch.int64),
+            "x": _decode([p for p, _ in files], load, stored, where, root),
+            "y": torch.tensor([y for _, y in files], dtype=torch.int64),
         }
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
@@ -279,8 +308,38 @@ def _class_names(root: Path, labels: LabelSpace, where: str) -> list[str]:
     return names
 
 
-def _list_images(folder: Path, names: Sequence[str], where: str) -> list[tuple[Path, int, list[int]]]:
-    """Return (path, label, [size, mtime_ns]) of every image under folder/<class>/, sorted."""
+def _content_hashes(paths: Sequence[Path], index_dir: Path) -> list[str]:
+    """Return the sha256 of each file's content. A file is read again only when its (size, mtime,
+    ctime, inode) changed since it was last hashed: a rewrite that keeps size and mtime (``cp -p``)
+    still changes its ctime. The (stat -> hash) index is one JSON file per folder in ``index_dir``."""
+    if not paths:
+        return []
+    folder = str(paths[0].parent.parent.resolve())
+    index_path = index_dir / f"{hashlib.sha256(folder.encode()).hexdigest()[:32]}.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):  # no index yet, or a damaged one: hash everything again
+        index = {}
+    out, changed = [], False
+    for path in paths:
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        entry = index.get(str(path))
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == stamp):
+            entry = [stamp, hashlib.sha256(path.read_bytes()).hexdigest()]
+            index[str(path)] = entry
+            changed = True
+        out.append(entry[1])
+    if changed:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        tmp = index_path.with_name(f"{index_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(index))
+        os.replace(tmp, index_path)
+    return out
+
+
+def _list_images(folder: Path, names: Sequence[str], where: str) -> list[tuple[Path, int]]:
+    """Return (path, label) of every image under folder/<class>/, sorted."""
     if not folder.is_dir():
         return []
     label_of = {n: i for i, n in enumerate(names)}
@@ -294,8 +353,7 @@ def _list_images(folder: Path, names: Sequence[str], where: str) -> list[tuple[P
                 )
             for path in sorted(class_dir.iterdir()):
                 if path.suffix.lower() in IMAGE_SUFFIXES:
-                    st = path.stat()
-                    out.append((path, label_of[class_dir.name], [st.st_size, st.st_mtime_ns]))
+                    out.append((path, label_of[class_dir.name]))
     except PermissionError as exc:
         raise NodeDataError(f"{where}: cannot read {exc.filename}: permission denied") from None
     return out
