@@ -47,6 +47,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -238,6 +239,11 @@ def _run_one(cfg: dict[str, Any], nodes: int) -> Path:
                 raise RuntimeError(f"{run_dir} was run with another config ({', '.join(stale)}); remove it or "
                                    "name the new runs apart with --tag")
         return run_dir
+    if run_dir.exists():  # an interrupted run of ours: continue it from its checkpoint, else start it again
+        if (run_dir / "checkpoint.safetensors").is_file():
+            cfg = {**cfg, "resume": True}
+        else:
+            shutil.rmtree(run_dir)
     from runners.simulate import format_run_config
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from flwr.common.config import parse_config_args
-
 from fedra_core.run_config import load_run_config
+from runners.cli import one_line_errors, parse_run_config
+from server_app.app import check_new_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -176,20 +176,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-client", type=float, default=0.0)
     parser.add_argument("--output-dir", default=str(REPO / "runs"))
     args = parser.parse_args(argv)
+    return one_line_errors(lambda: _simulate(args))
+
+
+def _simulate(args: argparse.Namespace) -> int:
     run_config = dict(DEMO_RUN_CONFIG) if args.demo else {}
     run_config["output-dir"] = str(Path(args.output_dir).resolve())
-    run_config.update(parse_config_args([args.run_config]))
-    try:
-        load_run_config(run_config)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    run_config.update(parse_run_config(args.run_config))
+    cfg = load_run_config(run_config)
+    if args.demo and "run-name" not in parse_run_config(args.run_config):
+        run_config["run-name"] = free_run_name(Path(cfg.output_dir), cfg.run_name)
+    elif cfg.run_name and not cfg.resume:
+        check_new_run(Path(cfg.output_dir) / cfg.run_name, cfg.run_name)
     prepare_assets(run_config)
     code = run_simulation(run_config, args.num_supernodes, args.cpus_per_client, args.gpus_per_client)
     summary = Path(run_config["output-dir"]) / run_config.get("run-name", "") / "summary.md"
     if code == 0 and summary.is_file():
         print("\n" + summary.read_text())
     return code
+
+
+def free_run_name(output_dir: Path, name: str) -> str:
+    """Return ``name``, or ``name-2``, ``name-3``... when ``output_dir`` already holds a run of that
+    name (an earlier demo is kept, never overwritten); print the name chosen."""
+    chosen, n = name, 1
+    while (output_dir / chosen).exists():
+        n += 1
+        chosen = f"{name}-{n}"
+    if chosen != name:
+        print(f"{output_dir / name} holds an earlier run (kept); this one goes to {output_dir / chosen}", flush=True)
+    return chosen
 
 
 if __name__ == "__main__":
