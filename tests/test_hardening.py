@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from app_helpers import TINY_RUN, allocation_rows, initial_global_state, run_inprocess
 from fedra_core import aggregate_fedra
 from fedra_core.run_config import ConfigError, load_run_config
+from server_app.app import RunError
 from server_app.checkpoint import load_checkpoint
 
 BAD = 103  # the node that misbehaves
@@ -89,7 +90,9 @@ def test_dead_node_is_dropped_and_too_few_replies_skip_the_round(tmp_path):
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["rejected"] == {str(BAD): "no reply (node failed or timed out)"} and not record["skipped"]
 
-    run_dir, _, _ = run_inprocess(tmp_path / "b", intercept=drop, **{"num-server-rounds": 1, "min-replies": 3})
+    with pytest.raises(RunError, match="every round of .* was skipped"):  # a run that never trained fails
+        run_inprocess(tmp_path / "b", intercept=drop, **{"num-server-rounds": 1, "min-replies": 3})
+    run_dir = tmp_path / "b" / "run"
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["skipped"]
     final = load_checkpoint(run_dir / "checkpoint.safetensors").global_state

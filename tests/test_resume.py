@@ -140,7 +140,9 @@ def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path, damage):
             metadata = f.metadata()
         tensors = load_file(str(ckpt))
         tensors.pop("global/head.bias")
-        save_file(tensors, str(ckpt), metadata=metadata)
+        from server_app.checkpoint import tensors_sha256
+
+        save_file(tensors, str(ckpt), metadata={**metadata, "sha256": tensors_sha256(tensors)})  # consistent, but foreign
         match = f"checkpoint {ckpt} does not fit this run's model \\(first differing key 'head.bias'\\)"
     with pytest.raises(CheckpointError, match=match):
         run_inprocess(tmp_path, **{"num-server-rounds": 2, "resume": True})
