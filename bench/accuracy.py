@@ -26,8 +26,16 @@ both rows count), its 95 % confidence interval from the t distribution with n �
 the paired t-test p value, and a verdict: ``win`` when the interval lies entirely above 0 (the
 reference is better), ``loss`` entirely below, ``tie`` otherwise; "n/a" below two paired seeds.
 Positive means the reference is better. The number of comparisons is printed per table and in total;
-no multiple-comparison correction is applied to the intervals, p values or verdicts (Holm-adjusted p
-values over all comparisons are printed as a count and kept in the JSON as ``p_holm``). The
+no multiple-comparison correction is applied to the intervals, p values or verdicts in the tables.
+Holm's correction is computed over the family ``--family`` states: ``all`` (the default), every
+comparison with a p value that the command makes (all its tables; per table: each ``--reference`` row
+that is in ``--rows`` against every other row, a pair counted once); ``table``, one family per table;
+or ``REF:ROW`` pairs, just those pairs in every table. For each member: the adjusted p value
+``p_holm``, the Holm-adjusted interval (``lo_holm``, ``hi_holm``: the comparison ranked i-th (1-based)
+of m by p value gets the t interval at confidence level ``level_holm`` = 1 − alpha/(m − i + 1), alpha
+``--alpha``, 0.05 by default) and ``verdict_holm`` ("win" when p_holm < alpha and the adjusted interval
+lies above 0, "loss" when p_holm < alpha and it lies below, "tie" otherwise); they are kept in the JSON
+(with the family, ``stats.family`` and ``stats.families``) and printed after the tables. The
 ``best-option`` reference is chosen by looking at the same data it is tested on, so its wins are
 optimistic; read them as "the best option found", not as a pre-registered hypothesis.
 
@@ -351,7 +359,7 @@ def paired_stats(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     if sd <= 1e-9 * max(1.0, abs(mean)):  # equal differences up to rounding: scipy's t would be noise
         sd = 0.0
         mean = 0.0 if abs(mean) <= 1e-9 else mean
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    half = t_half_width(sd, n, 0.95)
     if sd > 0:
         result = stats.ttest_rel(a, b)
         t, p = float(result.statistic), float(result.pvalue)
@@ -372,6 +380,85 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - i) * pvalues[k]))
         adjusted[k] = running
     return adjusted
+
+
+FAMILY_ALL, FAMILY_TABLE = "all", "table"
+
+
+def parse_family(tokens: Sequence[str]) -> str | list[tuple[str, str]]:
+    """Return the Holm family named on the command line: ``"all"`` (every comparison of the command, one
+    family), ``"table"`` (each table's comparisons, one family per table) or a list of row pairs from
+    ``REF:ROW`` tokens (one family: those pairs in every table, matched in either order)."""
+    tokens = list(tokens)
+    if tokens in ([FAMILY_ALL], [FAMILY_TABLE]):
+        return tokens[0]
+    pairs = []
+    for token in tokens:
+        parts = token.split(":")
+        if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+            raise ValueError(f"--family: {token!r} is not REF:ROW (two different rows), nor 'all' or 'table' alone")
+        unknown = [x for x in parts if x not in VARIANTS]
+        if unknown:
+            raise ValueError(f"--family: unknown rows {unknown} in {token!r}")
+        if frozenset(parts) in {frozenset(p) for p in pairs}:
+            raise ValueError(f"--family: {token!r} given twice")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def check_family(family: str | Sequence[tuple[str, str]], rows: Sequence[str], references: Sequence[str]) -> None:
+    """Raise ValueError unless every pair of an explicit family is a comparison the command makes: both
+    rows are run and one of them is an explicit ``--reference`` (not ``best-option``, chosen from the data)."""
+    if isinstance(family, str):
+        return
+    for a, b in family:
+        missing = [x for x in (a, b) if x not in rows]
+        if missing:
+            raise ValueError(f"--family {a}:{b}: rows {missing} are not in --rows")
+        if a not in references and b not in references:
+            raise ValueError(f"--family {a}:{b}: neither row is a --reference, so the pair is not compared")
+
+
+def t_half_width(sd: float, n: int, level: float) -> float:
+    """Return the half width t((1 + level)/2, n − 1)·sd/√n of the two-sided t interval at confidence
+    ``level`` for the mean of ``n`` paired differences with sample standard deviation ``sd``."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+
+
+def holm_levels(pvalues: Sequence[float], alpha: float = 0.05) -> list[float]:
+    """Return the confidence level of each Holm-adjusted interval, in the order given: the comparison
+    ranked i-th (1-based, by p value; equal p values keep the order given, as in :func:`holm`) of m gets
+    1 − alpha/(m − i + 1), i.e. the smallest p value 1 − alpha/m and the largest 1 − alpha."""
+    m = len(pvalues)
+    levels = [0.0] * m
+    for i, k in enumerate(sorted(range(m), key=lambda j: pvalues[j]), start=1):
+        levels[k] = 1 - alpha / (m - i + 1)
+    return levels
+
+
+def holm_adjust(comparisons: Sequence[dict[str, Any]], alpha: float = 0.05) -> None:
+    """Add Holm's correction over ``comparisons`` (the family; each with ``mean``, ``sd``, ``n`` >= 2 and
+    ``p`` from :func:`paired_stats`) to each in place: ``p_holm`` (:func:`holm`), ``level_holm``
+    (:func:`holm_levels`), the adjusted interval ``lo_holm``, ``hi_holm`` = mean ∓ t_half_width(sd, n,
+    level_holm), and ``verdict_holm``: "win" when p_holm < alpha and lo_holm > 0, "loss" when p_holm <
+    alpha and hi_holm < 0, "tie" otherwise. The p_holm condition is Holm's step-down: a comparison ranked
+    after one that was not significant is not significant, even if its own adjusted interval excludes 0
+    (whenever p_holm < alpha the adjusted interval excludes 0)."""
+    pvalues = [c["p"] for c in comparisons]
+    for c, p, level in zip(comparisons, holm(pvalues), holm_levels(pvalues, alpha)):
+        half = t_half_width(c["sd"], c["n"], level)
+        lo, hi = c["mean"] - half, c["mean"] + half
+        verdict = "win" if p < alpha and lo > 0 else "loss" if p < alpha and hi < 0 else "tie"
+        c.update(p_holm=p, level_holm=level, lo_holm=lo, hi_holm=hi, verdict_holm=verdict)
+
+
+def format_holm(c: Mapping[str, Any]) -> str:
+    """Return a Holm line, e.g. ``fedra − depthfl: +1.5 [+0.2, +2.8] (99.3 % interval) p_holm=0.041 win``."""
+    p = "p_holm<0.001" if c["p_holm"] < 0.001 else f"p_holm={c['p_holm']:.3f}"
+    return (f"{c['reference']} − {c['row']}: {c['mean']:+.1f} [{c['lo_holm']:+.1f}, {c['hi_holm']:+.1f}] "
+            f"({100 * c['level_holm']:.1f} % interval) {p} {c['verdict_holm']}")
 
 
 def format_comparison(s: Mapping[str, Any]) -> str:
@@ -418,26 +505,48 @@ def table_stats(rows: Mapping[str, Mapping[str, Any]], references: Sequence[str]
     return {"references": refs, "comparisons": comparisons}
 
 
-def compute_stats(summary: Mapping[str, Any], references: Sequence[str]) -> dict[str, Any]:
+def family_label(family: str | Sequence[tuple[str, str]]) -> str:
+    """Return the family as the JSON and the printed tables state it."""
+    if family == FAMILY_ALL:
+        return "all comparisons of the command"
+    if family == FAMILY_TABLE:
+        return "each table's comparisons (one family per table)"
+    return "the pairs " + ", ".join(f"{a}:{b}" for a, b in family) + " in every table"
+
+
+def compute_stats(summary: Mapping[str, Any], references: Sequence[str],
+                  family: str | Sequence[tuple[str, str]] = FAMILY_ALL, alpha: float = 0.05) -> dict[str, Any]:
     """Return the statistics of every table (:func:`table_stats`) under ``"tables"`` ({setting:
     {assignment: ...}}), the number of comparisons with a p value per table (``"per_table"``, keyed
-    ``setting/assignment``) and in ``"total"``, and the ``"correction"`` applied; each comparison with a
-    p value also gets ``p_holm``, Holm's adjustment over all tables' comparisons (reported only)."""
+    ``setting/assignment``) and in ``"total"``, the ``"correction"`` applied and the Holm ``"family"``
+    (see :func:`parse_family`; ``"families"`` lists each family's members as ``setting/assignment
+    ref − row``). Each tested comparison in a family gets :func:`holm_adjust`'s ``p_holm``,
+    ``level_holm``, ``lo_holm``, ``hi_holm`` and ``verdict_holm`` at ``alpha``; one outside every family
+    gets none of them."""
     tables: dict[str, Any] = {}
     per_table: dict[str, int] = {}
-    tested: list[dict[str, Any]] = []
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    total = 0
+    wanted = None if isinstance(family, str) else {frozenset(p) for p in family}
     for setting, by_assignment in summary.items():
         for assignment, table in by_assignment.items():
             result = table_stats(table["rows"], references)
             tables.setdefault(setting, {})[assignment] = result
             made = [c for c in result["comparisons"] if c["p"] is not None]
             per_table[f"{setting}/{assignment}"] = len(made)
-            tested += made
-    for c, p in zip(tested, holm([c["p"] for c in tested])):
-        c["p_holm"] = p
-    return {"tables": tables, "per_table": per_table, "total": len(tested),
-            "correction": "none: intervals, p values and verdicts are per comparison; p_holm (Holm over all "
-                          "comparisons) is reported only"}
+            total += len(made)
+            group = f"{setting}/{assignment}" if family == FAMILY_TABLE else "family"
+            for c in made:
+                if wanted is None or frozenset((c["reference"], c["row"])) in wanted:
+                    groups.setdefault(group, []).append((f"{setting}/{assignment} {c['reference']} − {c['row']}", c))
+    for members in groups.values():
+        holm_adjust([c for _, c in members], alpha)
+    return {"tables": tables, "per_table": per_table, "total": total, "alpha": alpha,
+            "family": family_label(family),
+            "families": {name: [label for label, _ in members] for name, members in groups.items()},
+            "correction": "none in the table columns (intervals, p values and verdicts per comparison); Holm's "
+                          f"step-down over {family_label(family)}: p_holm, level_holm, lo_holm, hi_holm, "
+                          "verdict_holm"}
 
 
 def print_tables(summary: Mapping[str, Any], domains: Sequence[str], stats: Mapping[str, Any],
@@ -467,11 +576,18 @@ def print_tables(summary: Mapping[str, Any], domains: Sequence[str], stats: Mapp
             count = stats["per_table"][f"{setting}/{assignment}"]
             lines.append(f"\n{count} paired comparisons in this table (reference − row on the average over the "
                          "domains: mean [95 % t interval] paired t-test p, verdict).")
-    below = sum(1 for by_a in stats["tables"].values() for t in by_a.values() for c in t["comparisons"]
-                if c.get("p_holm") is not None and c["p_holm"] < 0.05)
+    alpha = stats.get("alpha", 0.05)
+    family = [(setting, assignment, c) for setting, by_a in stats["tables"].items() for assignment, t in by_a.items()
+              for c in t["comparisons"] if c.get("lo_holm") is not None]
+    below = sum(1 for *_, c in family if c["p_holm"] < alpha)
     lines.append(f"\n{stats['total']} comparisons in total. No multiple-comparison correction is applied to the "
-                 f"intervals, p values or verdicts; with Holm's correction over all {stats['total']}, {below} keep "
-                 "p < 0.05 (p_holm in the JSON).")
+                 f"intervals, p values or verdicts in the tables; with Holm's correction over "
+                 f"{stats.get('family', 'all comparisons of the command')} ({len(family)} comparisons), {below} keep "
+                 f"p < {alpha:g} (p_holm in the JSON).")
+    if family:
+        lines.append(f"\nHolm-adjusted over the family of these {len(family)} comparisons (mean [adjusted interval] "
+                     f"p_holm, verdict: win/loss only when p_holm < {alpha:g}):\n")
+        lines += [f"* {setting}, {assignment}: {format_holm(c)}" for setting, assignment, c in family]
     text = "\n".join(lines)
     print(text)
     return text
@@ -538,6 +654,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", nargs="+", default=["fedra", BEST_OPTION], choices=[*VARIANTS, BEST_OPTION],
                         metavar="ROW",
                         help=f"rows every other row is compared with ({BEST_OPTION}: the fedra-* row with the best mean average)")
+    parser.add_argument("--family", nargs="+", default=[FAMILY_ALL], metavar="FAMILY",
+                        help="the comparisons Holm's correction (p_holm, Holm-adjusted intervals) runs over: 'all' "
+                             "(every comparison of the command, one family), 'table' (one family per table), or "
+                             "REF:ROW pairs (one family: those pairs in every table, either order; each pair "
+                             "must be compared, i.e. one of its rows an explicit --reference)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate of the Holm intervals")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one CPU thread each)")
     parser.add_argument("--out", default=str(RESULTS_DIR / "accuracy-runs"), help="folder of the run folders")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR), help="folder of the results JSON and plots")
@@ -548,10 +670,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-steps", type=int, default=BASE["local-steps"], help="local steps per round (names the runs)")
     parser.add_argument("--lr", type=float, default=BASE["lr"], help="client learning rate (names the runs)")
     args = parser.parse_args(argv)
+    rows = list(dict.fromkeys(args.rows))
+    try:  # a family mistake must stop the command before hours of runs, not after
+        family = parse_family(args.family)
+        check_family(family, rows, args.reference)
+    except ValueError as e:
+        parser.error(str(e))
+    if not 0 < args.alpha < 1:
+        parser.error("--alpha must lie in (0, 1)")
     schedule = {"num-server-rounds": args.rounds, "lr": args.lr, "local-steps": args.local_steps}
     tag = f"-{args.tag}" if args.tag else ""
     suffix = schedule_suffix(schedule) + tag
-    rows = list(dict.fromkeys(args.rows))
 
     from fedra_core.demo.digits import DIGITS_DOMAINS
 
@@ -566,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         done = {name: f.result() for name, f in futures.items()}
     summary = summarise({key: done[name] for key, name in cells.items()}, domains)
     capacities = {s: {a: capacity_map(s, a, domains) for a in args.assignments} for s in args.settings}
-    stats = compute_stats(summary, args.reference)
+    stats = compute_stats(summary, args.reference, family, args.alpha)
     tables = print_tables(summary, domains, stats, capacities)
     plot(summary, suffix, results_dir)
     name = "accuracy" if set(args.settings) == set(SETTINGS) else "accuracy-" + "-".join(args.settings)
