@@ -14,6 +14,8 @@ _MODULE_START = time.time()  # before the imports below: what this app costs to 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
+from fedra_core import wire  # noqa: E402
+
 from client_app.node import NodeRuntime  # noqa: E402
 from client_app.timing import Stopwatch, process_start  # noqa: E402
 
@@ -37,16 +39,16 @@ def query(msg: Message, context: Context) -> Message:
     partition = node.data_spec.partition_id
     metrics = MetricRecord(
         {
-            "capacity-layers": node.capacity,
-            "partition-id": -1 if partition is None else partition,
-            "num-train": len(data.train),
-            "num-test": len(data.test),
+            wire.CAPACITY: node.capacity,
+            wire.PARTITION_ID: -1 if partition is None else partition,
+            wire.NUM_TRAIN: len(data.train),
+            wire.NUM_TEST: len(data.test),
         }
     )
     config = ConfigRecord(
-        {"fingerprint": node.backbone.fingerprint, "device": str(node.device), "domain": data.domain, "eval-set": data.eval_set}
+        {wire.FINGERPRINT: node.backbone.fingerprint, wire.DEVICE: str(node.device), wire.DOMAIN: data.domain, wire.EVAL_SET: data.eval_set}
     )
-    return Message(RecordDict({"metrics": metrics, "config": config}), reply_to=msg)
+    return Message(RecordDict({wire.METRICS: metrics, wire.CONFIG: config}), reply_to=msg)
 
 
 @app.train()
@@ -61,17 +63,17 @@ def train(msg: Message, context: Context) -> Message:
 
     clock = _stopwatch()
     node = NodeRuntime.from_context(context)
-    config = msg.content["config"]
-    node.check_fingerprint(str(config["fingerprint"]))
+    config = msg.content[wire.CONFIG]
+    node.check_fingerprint(str(config[wire.FINGERPRINT]))
     clock.lap("backbone")
     train_data = node.data.train
     clock.lap("data")
-    blocks = [int(b) for b in config["blocks"]]
+    blocks = [int(b) for b in config[wire.BLOCKS]]
     method, family = node.method, node.backbone.family
     model = build_trainable_model(node.backbone, blocks, node.cfg.lora(), method, str(node.device))
-    load_trainable_state(model, msg.content["arrays"].to_torch_state_dict())
-    server_round = int(config["server-round"])
-    seed = (int(config["seed"]) * 1_000_003 + server_round * 10_007 + node.seed_offset) % 2**63
+    load_trainable_state(model, msg.content[wire.ARRAYS].to_torch_state_dict())
+    server_round = int(config[wire.SERVER_ROUND])
+    seed = (int(config[wire.SEED]) * 1_000_003 + server_round * 10_007 + node.seed_offset) % 2**63
     round_config = dict(config)
 
     def loss_fn(model, inputs, labels):
@@ -86,7 +88,7 @@ def train(msg: Message, context: Context) -> Message:
         # holds every block already trained its head on full-depth features)
         from fedra_core.calibration import calibrate_head
 
-        full = {**msg.content["context"].to_torch_state_dict(), **state}
+        full = {**msg.content[wire.CONTEXT].to_torch_state_dict(), **state}
         state.update(calibrate_head(
             node.backbone, full, node.cfg.lora(), method, train_data, node.capacity, node.cfg.train_settings(),
             node.cfg.head_calibration_steps, node.device, seed=seed + 1,
@@ -94,15 +96,15 @@ def train(msg: Message, context: Context) -> Message:
         clock.lap("calibrate")
     metrics = MetricRecord(
         {
-            "num-examples": result.num_examples,
-            "examples-seen": result.examples_seen,
-            "steps": result.steps,
-            "train-loss": result.loss,
-            "capacity-layers": node.capacity,
+            wire.NUM_EXAMPLES: result.num_examples,
+            wire.EXAMPLES_SEEN: result.examples_seen,
+            wire.STEPS: result.steps,
+            wire.TRAIN_LOSS: result.loss,
+            wire.CAPACITY: node.capacity,
             **clock.metrics(),
         }
     )
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({wire.ARRAYS: ArrayRecord(state), wire.METRICS: metrics}), reply_to=msg)
 
 
 @app.evaluate()
@@ -114,20 +116,20 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     clock = _stopwatch()
     node = NodeRuntime.from_context(context)
-    config = msg.content["config"]
-    node.check_fingerprint(str(config["fingerprint"]))
+    config = msg.content[wire.CONFIG]
+    node.check_fingerprint(str(config[wire.FINGERPRINT]))
     clock.lap("backbone")
     test = node.data.test
     clock.lap("data")
     cfg = node.cfg
-    blocks = [int(b) for b in config["blocks"]] if "blocks" in config else None
+    blocks = [int(b) for b in config[wire.BLOCKS]] if wire.BLOCKS in config else None
     result = evaluate_global_model(
-        node.backbone, msg.content["arrays"].to_torch_state_dict(), cfg.lora(), node.method, test,
+        node.backbone, msg.content[wire.ARRAYS].to_torch_state_dict(), cfg.lora(), node.method, test,
         node.capacity, cfg.eval_batch_size, node.device, cfg.bf16, blocks,
     )
     clock.lap("evaluate")
     metrics = MetricRecord(
-        {"accuracy": result.accuracy, "loss": result.loss, "num-examples": result.num_examples, "correct": result.correct,
+        {wire.ACCURACY: result.accuracy, wire.LOSS: result.loss, wire.NUM_EXAMPLES: result.num_examples, wire.CORRECT: result.correct,
          **clock.metrics()}
     )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)

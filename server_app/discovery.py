@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from server_app.exchange import send_and_receive
+from fedra_core import wire
+from server_app.exchange import match_replies, send_and_receive
 from server_app.strategy import FedRAStrategy, NodeInfo
 from server_app.validation import RejectedReply, check_query_reply
 
@@ -43,17 +44,13 @@ class NodeDiscovery:
         if not new:
             return
         messages = {
-            n: Message(RecordDict({"config": ConfigRecord({"fingerprint": strategy.fingerprint})}), dst_node_id=n,
+            n: Message(RecordDict({wire.CONFIG: ConfigRecord({wire.FINGERPRINT: strategy.fingerprint})}), dst_node_id=n,
                        message_type=MessageType.QUERY)
             for n in new
         }
         replies = send_and_receive(grid, list(messages.values()), self.timeout)
-        node_of = {m.metadata.message_id: n for n, m in messages.items() if m.metadata.message_id}
         answered: set[int] = set()
-        for reply in replies:
-            node_id = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            if node_id not in messages or node_id in answered:
-                continue
+        for node_id, reply in match_replies(messages, replies, "capacity reply", server_round):
             answered.add(node_id)
             reason = self._register(strategy, node_id, reply)
             if reason:

@@ -1,12 +1,16 @@
-"""Sending a round's messages: every message expires when the server stops waiting for its reply."""
+"""Sending a round's messages (every message expires when the server stops waiting for its reply) and
+matching the replies to the messages they answer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from flwr.app import Message
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
+
+log = logging.getLogger("fedra")
 
 # the SuperLink's stand-in replies for a message that expired (or was deleted) before a reply came
 _UNANSWERED = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
@@ -30,3 +34,22 @@ def send_and_receive(grid: Grid, messages: Sequence[Message], timeout: float) ->
         return []
     replies = grid.send_and_receive(messages, timeout=timeout)
     return [r for r in replies if not (r.has_error() and r.error.code in _UNANSWERED)]
+
+
+def match_replies(messages: Mapping[int, Message], replies: Iterable[Message], what: str, server_round: int) -> Iterator[tuple[int, Message]]:
+    """Yield (node id, reply) for the first reply to each of ``messages`` (node id -> message sent).
+
+    A reply is matched through the message it answers (the grid stamps message ids when it sends;
+    a SuperLink answers for a node that went away with its own node id as sender), else through its
+    sender. A reply from a node that was not asked, or a second one, is logged (``what`` names the
+    kind of reply) and skipped.
+    """
+    node_of = {m.metadata.message_id: nid for nid, m in messages.items() if m.metadata.message_id}
+    seen: set[int] = set()
+    for reply in replies:
+        node_id = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        if node_id not in messages or node_id in seen:
+            log.warning("round %d: ignoring a %s from node %d, which was not asked", server_round, what, node_id)
+            continue
+        seen.add(node_id)
+        yield node_id, reply

@@ -12,9 +12,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedra_core import wire
 from fedra_core.data.partition import sample_round_clients
 from fedra_core.methods import Method
 from fedra_core.state import State
+from server_app.exchange import match_replies
 from server_app.validation import (
     NO_REPLY, RejectedReply, ReplyLimits, TrainClaim, check_eval_reply, check_reply, norm_outliers,
 )
@@ -32,7 +34,7 @@ def record_nbytes(record: ArrayRecord) -> int:
 
 def _sent_nbytes(message: Message) -> int:
     """Tensor bytes of a training message: the client's own state plus any read-only context."""
-    return sum(record_nbytes(message.content[name]) for name in ("arrays", "context") if name in message.content)
+    return sum(record_nbytes(message.content[name]) for name in (wire.ARRAYS, wire.CONTEXT) if name in message.content)
 
 
 def node_timings(times: Mapping[str, float], received: float) -> dict[str, float]:
@@ -193,23 +195,23 @@ class FedRAStrategy(Strategy):
         for node, row in zip(nodes, allocation):
             blocks = np.flatnonzero(row).tolist()
             sent = {k: global_state[k] for k in self.method.client_keys(global_state, blocks)}
-            content = RecordDict({"arrays": ArrayRecord(sent)})
+            content = RecordDict({wire.ARRAYS: ArrayRecord(sent)})
             context = self.method.context_keys(global_state, blocks)
             if context:  # read-only state the client needs besides its own (not sent back)
-                content["context"] = ArrayRecord({k: global_state[k] for k in context})
+                content[wire.CONTEXT] = ArrayRecord({k: global_state[k] for k in context})
             cfg = ConfigRecord(
                 {
                     **dict(config),
-                    "server-round": server_round,
-                    "blocks": blocks,
-                    "fingerprint": self.fingerprint,
-                    "method": self.method.name,
-                    "seed": int(self.seed),
+                    wire.SERVER_ROUND: server_round,
+                    wire.BLOCKS: blocks,
+                    wire.FINGERPRINT: self.fingerprint,
+                    wire.METHOD: self.method.name,
+                    wire.SEED: int(self.seed),
                     **extra,
                 }
             )
             current.sent[node.node_id] = sent
-            content["config"] = cfg
+            content[wire.CONFIG] = cfg
             current.messages[node.node_id] = Message(content, dst_node_id=node.node_id, message_type=MessageType.TRAIN)
         return list(current.messages.values())
 
@@ -228,21 +230,14 @@ class FedRAStrategy(Strategy):
         assert self._round is not None, "configure_train must run first"
         current = self._round
         row_of = {n.node_id: i for i, n in enumerate(current.nodes)}
-        # the grid stamps message ids when it sends; a SuperLink answers for a node that went away with
-        # its own node id as sender, so replies are matched to nodes through the message they answer
-        node_of = {m.metadata.message_id: nid for nid, m in current.messages.items() if m.metadata.message_id}
         states: dict[int, State] = {}
         claims: dict[int, TrainClaim] = {}
         received_bytes: dict[int, int] = {}
         rejected: list[int] = []
         received = time.time()
-        for reply in replies:
-            node_id = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            if node_id not in row_of or node_id in states or node_id in rejected:
-                log.warning("round %d: ignoring a reply from node %d, which was not asked", server_round, node_id)
-                continue
-            if not reply.has_error() and "arrays" in reply.content and isinstance(reply.content["arrays"], ArrayRecord):
-                received_bytes[node_id] = record_nbytes(reply.content["arrays"])
+        for node_id, reply in match_replies(current.messages, replies, "training reply", server_round):
+            if not reply.has_error() and wire.ARRAYS in reply.content and isinstance(reply.content[wire.ARRAYS], ArrayRecord):
+                received_bytes[node_id] = record_nbytes(reply.content[wire.ARRAYS])
             try:
                 states[node_id], claims[node_id] = check_reply(reply, current.sent[node_id], self.limits)
             except RejectedReply as exc:
@@ -298,9 +293,9 @@ class FedRAStrategy(Strategy):
                 shared = self.share_eval_sets and node.eval_set
                 chosen.setdefault(node.eval_set if shared else f"node:{node.node_id}", node)
         blocks = self.model_blocks()
-        cfg = ConfigRecord({**dict(config), "server-round": server_round, "fingerprint": self.fingerprint, "blocks": blocks})
+        cfg = ConfigRecord({**dict(config), wire.SERVER_ROUND: server_round, wire.FINGERPRINT: self.fingerprint, wire.BLOCKS: blocks})
         self._eval_messages = {
-            n.node_id: Message(RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=n.node_id, message_type=MessageType.EVALUATE)
+            n.node_id: Message(RecordDict({wire.ARRAYS: arrays, wire.CONFIG: cfg}), dst_node_id=n.node_id, message_type=MessageType.EVALUATE)
             for n in chosen.values()
         }
         return list(self._eval_messages.values())
@@ -314,7 +309,6 @@ class FedRAStrategy(Strategy):
         node was asked.
         """
         asked = list(self._eval_messages)
-        node_of = {m.metadata.message_id: nid for nid, m in self._eval_messages.items() if m.metadata.message_id}
         correct: dict[str, int] = {}
         examples: dict[str, int] = {}
         loss_sum: dict[str, float] = {}
@@ -322,11 +316,7 @@ class FedRAStrategy(Strategy):
         rejected: list[int] = []
         timings: dict[int, dict[str, float]] = {}
         received = time.time()
-        for reply in replies:
-            node_id = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            if node_id not in asked or node_id in accepted or node_id in rejected:
-                log.warning("round %d: ignoring an evaluation reply from node %d, which was not asked", server_round, node_id)
-                continue
+        for node_id, reply in match_replies(self._eval_messages, replies, "evaluation reply", server_round):
             node = self.nodes.get(node_id)
             try:
                 claim = check_eval_reply(reply, self.limits, node.num_test if node is not None else None)

@@ -18,6 +18,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 
+from fedra_core import wire
 from fedra_core.state import State, block_of_key
 
 NO_REPLY = "no reply (node failed or timed out)"
@@ -142,7 +143,7 @@ def _one_line(message: str, limit: int = 500) -> str:
 
 def _times(metrics: MetricRecord) -> dict[str, float]:
     """The node's phase times: every ``t-<phase>`` metric, a number >= 0 (``t-end`` a timestamp)."""
-    return {key[2:]: float(number(metrics, key, lo=0)) for key in metrics if key.startswith("t-")}
+    return {key[len(wire.TIME_PREFIX):]: float(number(metrics, key, lo=0)) for key in metrics if key.startswith(wire.TIME_PREFIX)}
 
 
 def _check_error(reply: Message) -> None:
@@ -166,10 +167,10 @@ def check_reply(reply: Message, sent: Mapping[str, torch.Tensor], limits: ReplyL
     times >= 0). Raises RejectedReply otherwise.
     """
     _check_error(reply)
-    if "arrays" not in reply.content or "metrics" not in reply.content:
+    if wire.ARRAYS not in reply.content or wire.METRICS not in reply.content:
         raise RejectedReply("reply lacks its 'arrays' or 'metrics' record")
-    arrays = _record(reply, "arrays", ArrayRecord)
-    metrics = _record(reply, "metrics", MetricRecord)
+    arrays = _record(reply, wire.ARRAYS, ArrayRecord)
+    metrics = _record(reply, wire.METRICS, MetricRecord)
     keys = set(arrays.keys())
     extra = sorted(keys - set(sent))
     missing = sorted(set(sent) - keys)
@@ -190,16 +191,16 @@ def check_reply(reply: Message, sent: Mapping[str, torch.Tensor], limits: ReplyL
     norm = math.sqrt(sum(squared.values()))
     if limits.max_update_norm and norm > limits.max_update_norm:
         raise RejectedReply(f"update norm {norm:.4g} exceeds max-update-norm {limits.max_update_norm:g}")
-    examples = number(metrics, "num-examples", integer=True, lo=1, hi=limits.max_examples)
+    examples = number(metrics, wire.NUM_EXAMPLES, integer=True, lo=1, hi=limits.max_examples)
     claim = TrainClaim(
         num_examples=int(examples),
-        loss=float(number(metrics, "train-loss", required=False) if "train-loss" in metrics else math.nan),
-        capacity=number(metrics, "capacity-layers", integer=True, required=False),
+        loss=float(number(metrics, wire.TRAIN_LOSS, required=False) if wire.TRAIN_LOSS in metrics else math.nan),
+        capacity=number(metrics, wire.CAPACITY, integer=True, required=False),
         times=_times(metrics),
         update_norm=norm,
         group_norms={g: math.sqrt(s) for g, s in squared.items()},
     )
-    for key in ("examples-seen", "steps"):
+    for key in (wire.EXAMPLES_SEEN, wire.STEPS):
         number(metrics, key, integer=True, lo=0, required=False)
     return state, claim
 
@@ -272,20 +273,20 @@ def check_eval_reply(reply: Message, limits: ReplyLimits, expected_examples: int
     disagrees with correct / num-examples, or a value is not a finite number.
     """
     _check_error(reply)
-    metrics = _record(reply, "metrics", MetricRecord)
-    for key in ("accuracy", "loss", "num-examples", "correct"):
+    metrics = _record(reply, wire.METRICS, MetricRecord)
+    for key in (wire.ACCURACY, wire.LOSS, wire.NUM_EXAMPLES, wire.CORRECT):
         if key not in metrics:
             raise RejectedReply(f"evaluation reply lacks {key!r}")
-    n = int(number(metrics, "num-examples", integer=True, lo=1, hi=limits.max_examples))
+    n = int(number(metrics, wire.NUM_EXAMPLES, integer=True, lo=1, hi=limits.max_examples))
     if expected_examples is not None and n != expected_examples:
         raise RejectedReply(f"num-examples {n} is not the {expected_examples} test examples the node reported when queried")
-    correct = int(number(metrics, "correct", integer=True, lo=0, hi=n))
-    accuracy = metrics["accuracy"]
+    correct = int(number(metrics, wire.CORRECT, integer=True, lo=0, hi=n))
+    accuracy = metrics[wire.ACCURACY]
     if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0:
         raise RejectedReply(f"accuracy {_short(accuracy)} lies outside [0, 1]")  # also for NaN and lists
     if abs(accuracy - correct / n) > 1e-9:
         raise RejectedReply(f"accuracy {accuracy!r} disagrees with correct / num-examples = {correct}/{n}")
-    loss = metrics["loss"]
+    loss = metrics[wire.LOSS]
     if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss) or loss < 0:
         raise RejectedReply(f"loss {_short(loss)} is not a finite number >= 0")
     return EvalClaim(float(accuracy), float(loss), n, correct, _times(metrics))
@@ -298,15 +299,15 @@ def check_query_reply(reply: Message, limits: ReplyLimits) -> QueryClaim:
     fingerprint, domain, eval-set and device. Raises RejectedReply."""
     if reply.has_error():
         raise RejectedReply(f"its capacity query failed: {_one_line(str(reply.error.reason))}")
-    metrics = _record(reply, "metrics", MetricRecord)
-    config = _record(reply, "config", ConfigRecord)
+    metrics = _record(reply, wire.METRICS, MetricRecord)
+    config = _record(reply, wire.CONFIG, ConfigRecord)
     return QueryClaim(
-        capacity=int(number(metrics, "capacity-layers", integer=True, lo=1)),
-        partition_id=int(number(metrics, "partition-id", integer=True, lo=-1)),
-        num_train=int(number(metrics, "num-train", integer=True, lo=0, hi=limits.max_examples)),
-        num_test=int(number(metrics, "num-test", integer=True, lo=0, hi=limits.max_examples)),
-        fingerprint=text(config, "fingerprint"),
-        domain=text(config, "domain"),
-        eval_set=text(config, "eval-set"),
-        device=text(config, "device"),
+        capacity=int(number(metrics, wire.CAPACITY, integer=True, lo=1)),
+        partition_id=int(number(metrics, wire.PARTITION_ID, integer=True, lo=-1)),
+        num_train=int(number(metrics, wire.NUM_TRAIN, integer=True, lo=0, hi=limits.max_examples)),
+        num_test=int(number(metrics, wire.NUM_TEST, integer=True, lo=0, hi=limits.max_examples)),
+        fingerprint=text(config, wire.FINGERPRINT),
+        domain=text(config, wire.DOMAIN),
+        eval_set=text(config, wire.EVAL_SET),
+        device=text(config, wire.DEVICE),
     )

@@ -44,3 +44,20 @@ def test_messages_expire_with_the_wait_and_expired_stand_ins_read_as_no_reply():
     assert grid.ttls == [12.5] * 4 and grid.timeout == 12.5
     assert [r.content["metrics"]["a"] if not r.has_error() else r.error.code for r in replies] == [1, 2, 5]
     assert send_and_receive(grid, [], 3.0) == []
+
+
+def test_replies_are_matched_to_the_message_they_answer_once_strangers_and_repeats_skipped(caplog):
+    from server_app.exchange import match_replies
+
+    sent = {1: _message(1), 2: _message(2)}
+    first = Message(RecordDict({"metrics": MetricRecord({"a": 1})}), reply_to=sent[1])
+    repeat = Message(RecordDict({"metrics": MetricRecord({"a": 2})}), reply_to=sent[1])
+    # the SuperLink's stand-in for node 2 comes with its own sender id; the message it answers decides
+    stand_in = Message(Error(code=5, reason="gone"), reply_to=sent[2])
+    stand_in.metadata.__dict__["_src_node_id"] = 0
+    stranger = Message(RecordDict({"metrics": MetricRecord({"a": 3})}), reply_to=_message(9))
+    stranger.metadata.__dict__["_src_node_id"] = 9
+    with caplog.at_level("WARNING", logger="fedra"):
+        matched = list(match_replies(sent, [first, stranger, repeat, stand_in], "training reply", 4))
+    assert [(n, r) for n, r in matched] == [(1, first), (2, stand_in)]
+    assert caplog.text.count("round 4: ignoring a training reply from node") == 2
