@@ -9,7 +9,6 @@ from functools import cached_property, lru_cache
 import torch
 from flwr.app import Context
 
-import fedra_core.demo  # noqa: F401  (registers the demo backbones the default config names)
 from fedra_core.backbones import Backbone, BackboneSpec, input_size, resolve_backbone
 from fedra_core.data.federation import client_shards, domains_of
 from fedra_core.data.node_data import DATA_FORMATS, NodeData, NodeDataError, NodeDataSpec, load_node_data

@@ -11,6 +11,7 @@ same path. What differs between architectures is behind :mod:`fedra_core.familie
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from collections.abc import Callable
@@ -33,15 +34,32 @@ FINGERPRINT_KEY = "fedra_fingerprint"
 
 @dataclass(frozen=True)
 class Preset:
-    """A named backbone shape: its family, constructor arguments and, optionally, a function that
-    returns (building it on first use) the local file of its default weights."""
+    """A named backbone shape: its family, constructor arguments and, optionally, the function that
+    returns (building it on first use) the local file of its default weights, or its dotted path
+    ``"package.module:function"``, imported only when the weights are needed."""
 
     family: str
     kwargs: dict[str, Any]
-    weights: Callable[[str], Path] | None = None
+    weights: Callable[[str], Path] | str | None = None
+
+    def weights_file(self, name: str) -> Path:
+        """Return the local file of the preset's default weights (imports the builder if named by path)."""
+        build = self.weights
+        if isinstance(build, str):
+            module, _, attribute = build.partition(":")
+            build = getattr(importlib.import_module(module), attribute)
+        return build(name)
 
 
-PRESETS: dict[str, Preset] = {}
+# Built-in presets: the offline demo's small 12-block backbones, pre-trained on first use by
+# fedra_core.demo.backbone (named by path, so that the engine does not import the demo assets).
+_DEMO_WEIGHTS = "fedra_core.demo.backbone:demo_backbone_file"
+PRESETS: dict[str, Preset] = {
+    "demo-vit": Preset("vit", dict(img_size=28, patch_size=7, in_chans=3, embed_dim=96, depth=12, num_heads=3, mlp_ratio=4.0),
+                       _DEMO_WEIGHTS),
+    "demo-mixer": Preset("mixer", dict(img_size=28, patch_size=7, in_chans=3, embed_dim=96, num_blocks=12, mlp_ratio=(0.5, 4.0)),
+                         _DEMO_WEIGHTS),
+}
 
 
 def register_preset(name: str, preset: Preset) -> None:
@@ -224,7 +242,7 @@ def _weights_file(spec: BackboneSpec, skeleton: nn.Module) -> Path:
     if weights == "preset":
         if preset is None or preset.weights is None or spec.model_kwargs:
             raise ValueError(f"weights 'default' of a preset needs an unmodified preset with weights, got {spec.name!r}")
-        return preset.weights(spec.name)
+        return preset.weights_file(spec.name)
     if weights == "random":
         return _random_weights_file(spec, skeleton)
     if weights == "hub":

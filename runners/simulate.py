@@ -5,7 +5,8 @@ capacities 12,10,8,6,4,3 of the demo ViT on the offline digits benchmark (featur
 
 The launcher starts its own simulation SuperLink on free loopback ports (so it knows the process
 to stop), points ``flwr run`` at it through a private ``FLWR_HOME``, streams the run's log, and
-stops the SuperLink by process id at the end, also on Ctrl-C.
+stops the SuperLink by process id at the end, also on Ctrl-C or SIGTERM; killed outright, it takes
+the SuperLink along (``runners.processes``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import argparse
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from fedra_core.run_config import load_run_config
+from runners import processes
 from runners.cli import one_line_errors, parse_run_config
 from server_app.app import check_new_run
 
@@ -57,21 +58,6 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -
                 return
         time.sleep(0.2)
     raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f} s")
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Stop a process we started (and its process group) by its id: SIGTERM, then SIGKILL."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=timeout)
 
 
 def format_run_config(values: dict) -> str:
@@ -119,7 +105,7 @@ def run_simulation(
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "fedra-sim"\n\n[superlink.fedra-sim]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
-    superlink = subprocess.Popen(
+    superlink = processes.start(
         [
             str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
             "--host", "127.0.0.1", "--port", str(port),
@@ -129,7 +115,6 @@ def run_simulation(
         cwd=REPO,
         stdout=open(home / "superlink.log", "w"),
         stderr=subprocess.STDOUT,
-        start_new_session=True,
     )
     try:
         wait_for_port(port, superlink)
@@ -139,16 +124,15 @@ def run_simulation(
             "--federation-config", federation, "--run-config", format_run_config(run_config),
         ]
         print("$ " + " ".join(shlex.quote(c) for c in command), flush=True)
-        return subprocess.run(command, env=env, cwd=REPO, timeout=timeout).returncode
+        return processes.run(command, env=env, cwd=REPO, timeout=timeout).returncode
     finally:
-        stop_process(superlink)
+        processes.stop(superlink)
         if own_home:
             shutil.rmtree(home, ignore_errors=True)
 
 
 def prepare_assets(run_config: dict) -> None:
     """Build (or find cached) the dataset and backbone once, before the simulated nodes start."""
-    import fedra_core.demo  # noqa: F401  (demo backbones)
     from fedra_core.backbones import resolve_backbone
     from fedra_core.data.federation import client_shards, test_sets
 
@@ -176,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-client", type=float, default=0.0)
     parser.add_argument("--output-dir", default=str(REPO / "runs"))
     args = parser.parse_args(argv)
+    processes.install_signal_handlers()  # SIGTERM and SIGINT stop the SuperLink and flwr run first
     return one_line_errors(lambda: _simulate(args))
 
 

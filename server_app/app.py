@@ -14,7 +14,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.superlink.grid.http_grid import HttpGrid
 
-import fedra_core.demo  # noqa: F401  (registers the demo backbones the default config names)
 from fedra_core.backbones import Backbone, resolve_backbone
 from fedra_core.data.federation import domains_of
 from fedra_core.lora import export_peft_adapter, trainable_state

@@ -7,13 +7,18 @@ import os
 import pytest
 import torch
 
-import fedra_core.demo  # noqa: F401  (registers the demo backbones, as the apps do)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 torch.set_num_threads(1)
 
 from bench._common import TINY_VIT  # noqa: E402  (one definition, shared with the benchmarks)
+from runners import processes  # noqa: E402
+
+# pytest turns SIGINT into KeyboardInterrupt, but SIGTERM (a time limit, a cancelled CI job) would end
+# the session at once, teardowns skipped, leaving the tests' federations running. On either signal:
+# stop every process the tests started (runners.processes), then end the session as Ctrl-C does.
+processes.install_signal_handlers(keyboard_interrupt=True)
 
 TINY_MIXER = dict(img_size=28, patch_size=7, in_chans=3, embed_dim=32, num_blocks=12, mlp_ratio=(0.5, 4.0))
 

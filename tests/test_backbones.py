@@ -75,3 +75,16 @@ def test_file_that_does_not_match_the_model(tiny_vit, tmp_path, change, match):
 def test_bad_specs(spec, match):
     with pytest.raises(ValueError, match=match):
         resolve_backbone(spec)
+
+
+def test_the_default_backbone_resolves_without_importing_the_demo_package():
+    # explicit registration: the demo presets are listed in fedra_core.backbones, their weights
+    # builder named by path and imported only when the weights are needed
+    import subprocess
+    import sys
+
+    code = ("import sys; from fedra_core.backbones import BackboneSpec; "
+            "name, family, kwargs = BackboneSpec(name='demo-vit', num_classes=10).constructor(); "
+            "print(family.name, kwargs['embed_dim'], 'fedra_core.demo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["vit", "96", "False"]

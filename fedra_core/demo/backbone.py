@@ -30,21 +30,14 @@ from safetensors import safe_open
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from fedra_core.backbones import BackboneSpec, create_skeleton, save_backbone
+from fedra_core.backbones import PRESETS, BackboneSpec, create_skeleton, save_backbone
 from fedra_core.cache import cache_dir
 from fedra_core.families import family_of
 from fedra_core.progress import progress_bar
 
 # Small 12-block backbones for the offline demo: 28x28 RGB input, 7x7 patches (16 tokens).
-DEMO_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "demo-vit": (
-        "vit",
-        dict(img_size=28, patch_size=7, in_chans=3, embed_dim=96, depth=12, num_heads=3, mlp_ratio=4.0),
-    ),
-    "demo-mixer": (
-        "mixer",
-        dict(img_size=28, patch_size=7, in_chans=3, embed_dim=96, num_blocks=12, mlp_ratio=(0.5, 4.0)),
-    ),
+DEMO_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {  # the shapes, defined once in fedra_core.backbones.PRESETS
+    name: (preset.family, preset.kwargs) for name, preset in PRESETS.items() if name.startswith("demo-")
 }
 RECIPE_VERSION = "1"
 DEFAULT_STEPS: dict[str, int] = {"demo-vit": 1500, "demo-mixer": 2000}
