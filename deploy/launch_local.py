@@ -18,7 +18,8 @@ or from the command line (digits domains, or ``--data-roots DIR1,DIR2,DIR3`` for
     python -m deploy.launch_local --capacities 12,6,3 --domains mnist,printed,usps --run-config "num-server-rounds=2"
 
 Everything started is stopped by process id on exit, including the SuperExec and app processes
-Flower starts underneath, also when something fails half-way.
+Flower starts underneath, also when something fails half-way, and on SIGTERM or SIGINT; a launcher
+killed outright takes its SuperLink and SuperNodes along (``runners.processes``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +43,8 @@ from pathlib import Path
 import psutil
 from flwr.common.config import parse_config_args
 
-from runners.simulate import format_run_config, free_port, prepare_assets, stop_process, wait_for_port
+from runners import processes
+from runners.simulate import format_run_config, free_port, prepare_assets, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -241,18 +244,7 @@ class LocalFederation:
     def kill(self, name: str) -> None:
         """SIGKILL process ``name`` and everything it started, at once (a crash, not a shutdown)."""
         self._track()
-        proc = self.processes.pop(name)
-        try:
-            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
-        for p in tree:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        proc.wait(timeout=30)
-        psutil.wait_procs(tree, timeout=30)
+        processes.stop(self.processes.pop(name), sig=signal.SIGKILL)
 
     def pause(self, name: str, paused: bool = True) -> None:
         """Freeze (SIGSTOP) or thaw (SIGCONT) process ``name`` and everything it started: a node that
@@ -321,9 +313,8 @@ class LocalFederation:
         env = {**self.env, "FLWR_HOME": str(self.operator_home)}
         lines: list[str] = []
         with open(log, "w") as sink:
-            proc = subprocess.Popen(
-                command, env=env, cwd=self.work_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, start_new_session=True,
+            proc = processes.start(
+                command, env=env, cwd=self.work_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )
 
             def pump() -> None:
@@ -342,8 +333,7 @@ class LocalFederation:
             except subprocess.TimeoutExpired:
                 raise TimeoutError(f"flwr run did not finish within {timeout:.0f} s; see {log}") from None
             finally:
-                if proc.poll() is None:
-                    _stop_tree(proc)
+                processes.stop(proc)  # at once when it ended; it leaves the registry
                 reader.join(timeout=10)
         output = "".join(lines)
         found = re.search(r"started run (\d+)", output)
@@ -398,7 +388,7 @@ class LocalFederation:
                 except subprocess.TimeoutExpired:
                     pass
         finally:
-            _stop_tree(proc)
+            processes.stop(proc)
             self.processes.pop(name, None)
         return code, (self.logs / f"{name}.log").read_text(errors="replace")
 
@@ -411,8 +401,8 @@ class LocalFederation:
             proc = self.processes.pop(name, None)
             if proc is not None:
                 self._thaw(proc)
-                _stop_tree(proc)
-        _stop_all(list(self._seen.values()))
+                processes.stop(proc)
+        processes.terminate(self._seen.values())
         self._seen.clear()
 
     def __enter__(self) -> "LocalFederation":
@@ -463,9 +453,8 @@ class LocalFederation:
         home.mkdir(parents=True, exist_ok=True)
         env = {**self.env, "FLWR_HOME": str(home), **(extra_env or {})}
         with open(self.logs / f"{name}.log", "w") as log:
-            proc = subprocess.Popen(
-                command, env=env, cwd=cwd or self.work_dir, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+            proc = processes.start(
+                command, env=env, cwd=cwd or self.work_dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         self.processes[name] = proc
         return proc
@@ -484,43 +473,6 @@ def flwr_json(flwr: str, args: Sequence[str], env: Mapping[str, str], timeout: f
     if out.returncode != 0 or not reply.get("success"):
         raise RuntimeError(f"flwr {' '.join(args)} failed ({out.returncode}): {out.stdout[-1000:]} {out.stderr[-1000:]}")
     return reply
-
-
-def _gone(p: psutil.Process) -> bool:
-    try:
-        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE  # is_running: False if the pid was reused
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _stop_tree(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Stop ``proc`` and everything it started, by process id.
-
-    Flower starts SuperExec in a session of its own; it watches its parent and exits soon after
-    it, and so do the app processes. Whatever still runs 10 s later gets SIGTERM, then SIGKILL.
-    """
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    stop_process(proc, timeout)
-    _stop_all(descendants)
-
-
-def _stop_all(processes: Sequence[psutil.Process]) -> None:
-    """Give ``processes`` 10 s to exit on their own, then SIGTERM, 5 s later SIGKILL (by pid)."""
-    for sig_wait, action in ((10.0, "terminate"), (5.0, "kill")):
-        deadline = time.monotonic() + sig_wait
-        while time.monotonic() < deadline and not all(_gone(p) for p in processes):
-            time.sleep(0.2)
-        alive = [p for p in processes if not _gone(p)]
-        if not alive:
-            return
-        for p in alive:
-            try:
-                getattr(p, action)()  # psutil checks the pid was not reused
-            except psutil.NoSuchProcess:
-                pass
 
 
 @contextmanager
@@ -612,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="give up on the run after this many seconds")
     parser.add_argument("--up", action="store_true", help="only bring the federation up and wait for Ctrl-C")
     args = parser.parse_args(argv)
+    processes.install_signal_handlers()  # SIGTERM and SIGINT stop the federation as the end of a run does
     try:
         nodes = node_specs(args.capacities, args.domains, args.data_roots, device=args.device, threads=args.threads)
     except ValueError as exc:
