@@ -68,6 +68,7 @@ import numpy as np
 
 from bench._common import RESULTS_DIR, machine, write_results
 from fedra_core.methods import method_names
+from runners import processes
 
 METHODS = method_names()  # the registry's order: FedRA first, then the baselines
 
@@ -260,7 +261,7 @@ def _run_one(cfg: dict[str, Any], nodes: int) -> Path:
     log = run_dir.parent / f"{cfg['run-name']}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
-        subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
+        processes.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)  # stopped with this process
     print(f"  done {cfg['run-name']} in {time.perf_counter() - start:.0f} s", flush=True)
     return run_dir
 
@@ -670,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-steps", type=int, default=BASE["local-steps"], help="local steps per round (names the runs)")
     parser.add_argument("--lr", type=float, default=BASE["lr"], help="client learning rate (names the runs)")
     args = parser.parse_args(argv)
+    processes.install_signal_handlers()  # SIGTERM and SIGINT stop the runs in progress; no new one starts
     rows = list(dict.fromkeys(args.rows))
     try:  # a family mistake must stop the command before hours of runs, not after
         family = parse_family(args.family)

@@ -42,13 +42,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench._common import BENCH_CACHE, load_avg, MIB, format_table, machine, set_env_defaults, write_results
+from runners import processes
 
 MODEL = "vit_base_patch16_224"
 
@@ -170,7 +170,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 def run_child(extra: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Start a fresh Python process for one measurement and return the JSON it prints."""
     cmd = [sys.executable, "-m", "bench.client_memory", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+    proc = processes.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
     if proc.returncode != 0:
         raise RuntimeError(f"child {' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    processes.install_signal_handlers()  # SIGTERM and SIGINT stop the measuring child first
     set_env_defaults(args.cache)
     if args.calibration_steps < 1:
         parser.error(f"--calibration-steps {args.calibration_steps}: must be at least 1")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import BENCH_CACHE, format_table, load_avg, machine, set_env_defaults, write_results
+from runners import processes
 
 DOMAINS = ("mnist", "printed", "usps")
 CAPACITIES = (12, 6, 3)
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=BENCH_CACHE, help="FEDRA_CACHE if unset")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/deployed_rounds.json)")
     args = parser.parse_args(argv)
+    processes.install_signal_handlers()  # SIGTERM and SIGINT stop the federation or simulation in progress
     set_env_defaults(args.cache)
     from fedra_core import resolve_backbone
     from fedra_core.data.federation import domain_split

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import BENCH_CACHE, REPO, TINY_RUN, format_table, load_avg, machine, set_env_defaults, write_results
+from runners import processes
 
 NUM_NODES = 3
 
@@ -89,21 +89,15 @@ def run_path(name: str, command: list[str], run_dir: Path, env: dict[str, str], 
     """Run one path in a fresh process; return its timings and the records it wrote."""
     t0 = time.perf_counter()
     watcher = Watcher(run_dir / "metrics.jsonl", t0)
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = processes.start(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     reader = threading.Thread(target=watcher.read_stdout, args=(proc.stdout,), daemon=True)
     reader.start()
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        # SIGINT first: runners.simulate stops the SuperLink it started on Ctrl-C (its finally block)
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        processes.stop(proc, grace=60)  # the run, its SuperLink and all under it: SIGTERM, 60 s, SIGKILL
         raise RuntimeError(f"{name}: timed out after {timeout} s") from None
+    processes.stop(proc)  # it ended: only what it may have left behind
     wall = time.perf_counter() - t0
     reader.join(timeout=10)
     watcher.stop()
@@ -210,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=None, help="print the tables of a saved JSON again (runs nothing)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    processes.install_signal_handlers()  # SIGTERM and SIGINT stop the run in progress and all it started
     set_env_defaults(args.cache)
     if args.report is not None:
         saved = json.loads(args.report.read_text())

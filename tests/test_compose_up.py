@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from runners import processes
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -216,16 +219,11 @@ def compose(request) -> list[str]:
         if not _is_root():
             _unavailable("the Docker engine does not answer, and only root may start dockerd here")
         log = open(Path(tempfile.gettempdir()) / "fedra-test-dockerd.log", "ab")
-        proc = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # SIGTERM, not SIGKILL, if this session dies: the engine shuts its containers down
+        proc = processes.start(["dockerd"], stdout=log, stderr=subprocess.STDOUT, death_signal=signal.SIGTERM)
 
         def stop() -> None:  # only the engine this test started, by its PID
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=30)
+            processes.stop(proc, grace=60)
             log.close()
 
         request.addfinalizer(stop)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from runners import processes
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-
-from deploy.launch_local import _stop_tree  # noqa: E402
 
 from app_helpers import write_imagefolder  # noqa: E402
 from conftest import TINY_VIT  # noqa: E402
@@ -90,14 +90,14 @@ def test_readme_plain_flower_commands_run_a_round(tmp_path):
     try:
         run(by_tool["ssh-keygen"])
         log = open(tmp_path / "superlink.log", "w")
-        started.append(subprocess.Popen(argv(by_tool["flower-superlink"]), cwd=work, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True))
+        started.append(processes.start(argv(by_tool["flower-superlink"]), cwd=work, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT))
         _wait(lambda: _json(run("flwr ls fedra --format json", timeout=30).stdout).get("success", False), 60,
               tmp_path / "superlink.log")
         run(by_tool["flwr supernode"])
         log = open(tmp_path / "supernode.log", "w")
-        started.append(subprocess.Popen(argv(by_tool["flower-supernode"]), cwd=work, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True))
+        started.append(processes.start(argv(by_tool["flower-supernode"]), cwd=work, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT))
         _wait(lambda: _online(run("flwr supernode ls fedra --format json", timeout=30).stdout), 90, tmp_path / "supernode.log")
         out = run(by_tool["flwr run"], cwd=REPO, timeout=600)
         run_id = re.search(r"started run (\d+)", out.stdout + out.stderr).group(1)
@@ -105,7 +105,7 @@ def test_readme_plain_flower_commands_run_a_round(tmp_path):
         assert status == "finished:completed", out.stdout[-3000:]
     finally:
         for proc in reversed(started):
-            _stop_tree(proc)
+            processes.stop(proc)
     records = [json.loads(line) for line in (tmp_path / "runs" / "plain" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [0, 1]
     assert records[1]["capacities"] == [6] and records[1]["node-labels"] == ["hospital-a (6 blocks)"]

@@ -18,6 +18,7 @@ import pytest
 import torch
 from flwr.app import Message, MetricRecord, RecordDict
 
+from runners import processes
 from server_app.checkpoint import CheckpointError, load_checkpoint
 from app_helpers import run_inprocess
 
@@ -63,8 +64,7 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline, "the run never reached the point to kill it"
         time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    processes.stop(proc, sig=signal.SIGKILL)  # it and whatever it started, at once
 
 
 @pytest.mark.slow
@@ -84,7 +84,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(tmp_path, method, i
     # same thread count as this process: float reductions, hence the bits, depend on it
     script = KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out), threads=torch.get_num_threads(),
                                method=method, in_write=in_write)
-    proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+    proc = processes.start([sys.executable, "-c", script], env=os.environ.copy())
     if in_write:
         _kill_when(proc, lambda: Path(str(ckpt) + ".blocked").is_file())
         assert ckpt.with_name(ckpt.name + ".tmp").is_file()  # killed with round 3's file written but not renamed
