@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -80,15 +81,55 @@ def prepare(cfg: RunConfig) -> tuple[Backbone, Method, State, ServerEvaluator | 
     return backbone, method, initial, server_eval
 
 
+@dataclass
+class Federation:
+    """One run's moving parts: its validated config, backbone, method, strategy, node discovery, the
+    optional server-side evaluator, the run folder and the reasons of the replies left out this round."""
+
+    grid: Grid
+    cfg: RunConfig
+    backbone: Backbone
+    method: Method
+    strategy: FedRAStrategy
+    discover: NodeDiscovery
+    server_eval: ServerEvaluator | None
+    run_dir: Path
+    left_out: dict[str, dict[str, str]] = field(default_factory=lambda: {"train": {}, "evaluate": {}})
+
+    @property
+    def checkpoint(self) -> Path:
+        """The run's checkpoint file."""
+        return self.run_dir / CHECKPOINT_NAME
+
+
 def run_federation(grid: Grid, run_config: dict) -> Path:
     """Run every round of a federation on ``grid``; return the run folder.
 
     Raises ConfigError / CheckpointError (before any training) or RunError, each one line.
     """
     cfg = load_run_config(run_config)
+    fed, global_state = set_up(grid, cfg)
+    if cfg.resume:
+        global_state, first_round = resume(fed, global_state)
+    else:
+        start(fed, global_state)
+        first_round = 1
+    (fed.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(by_alias=True), indent=2))
+    for server_round in range(first_round, cfg.num_server_rounds + 1):
+        global_state = train_round(fed, server_round, global_state)
+    finish(fed.run_dir, cfg, fed.backbone, global_state)
+    if all(r.get("skipped", True) for r in outputs.read_metrics(fed.run_dir) if r["round"] > 0):
+        raise RunError(
+            f"every round of {fed.run_dir} was skipped (fewer accepted replies than min-replies = {cfg.min_replies}; "
+            "the rejection reasons are in metrics.jsonl): the global model was never updated"
+        )
+    return fed.run_dir
+
+
+def set_up(grid: Grid, cfg: RunConfig) -> tuple[Federation, State]:
+    """Resolve everything a run needs (:func:`prepare`), choose its folder and build its strategy;
+    return the federation and the seeded initial global state."""
     backbone, method, global_state, server_eval = prepare(cfg)
-    run_dir = _run_dir(cfg)
-    ckpt_path = run_dir / CHECKPOINT_NAME
     left_out: dict[str, dict[str, str]] = {"train": {}, "evaluate": {}}
     strategy = FedRAStrategy(
         method=method,
@@ -105,75 +146,77 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
         share_eval_sets=not isinstance(grid, HttpGrid),
     )
     strategy.summary()
-    first_round = 1
-    discover = NodeDiscovery(cfg.query_timeout)
-    if cfg.resume:
-        saved = load_checkpoint(ckpt_path, expected=global_state)
-        if saved.info.get("fingerprint") != backbone.fingerprint:
-            raise ConfigError(f"resume: checkpoint {ckpt_path} was made with another backbone")
-        if saved.info.get("config") != _resumable_config(cfg):
-            raise ConfigError(
-                f"resume: checkpoint {ckpt_path} was made with another config; only num-server-rounds, "
-                "round-timeout and query-timeout may change on resume"
-            )
-        global_state, first_round = saved.global_state, saved.round + 1
-        method.load_state_dict(saved.method_state)
-        discover.restored = dict(saved.info.get("capacities", {}))
-        outputs.truncate_metrics(run_dir, saved.round)
-        log.info("resuming %s after round %d", run_dir, saved.round)
-    else:
-        discover(grid, strategy, 0)
-        _require_nodes(strategy, discover)
-        run_dir.mkdir(parents=True)
-        (run_dir / "metrics.jsonl").write_text("")
-        evaluation = evaluate_round(grid, strategy, server_eval, 0, global_state, cfg.round_timeout, left_out) if cfg.eval_every else {}
-        _log_record(run_dir, {"round": 0, "seconds": 0.0, **evaluation}, cfg.num_server_rounds)
-    save_config = {k: v for k, v in cfg.model_dump(by_alias=True).items()}
-    (run_dir / "config.json").write_text(json.dumps(save_config, indent=2))
+    fed = Federation(grid, cfg, backbone, method, strategy, NodeDiscovery(cfg.query_timeout), server_eval,
+                     _run_dir(cfg), left_out)
+    return fed, global_state
 
-    for server_round in range(first_round, cfg.num_server_rounds + 1):
-        start = time.perf_counter()
-        discover(grid, strategy, server_round)
-        _require_nodes(strategy, discover)
-        left_out["train"].clear()
-        messages = list(strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), grid))
-        replies = send_and_receive(grid, messages, cfg.round_timeout)
-        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
-        if new_arrays is not None:
-            global_state = new_arrays.to_torch_state_dict()
-        last = server_round == cfg.num_server_rounds
-        evaluate_now = cfg.eval_every and (server_round % cfg.eval_every == 0 or last)
-        evaluation = (
-            evaluate_round(grid, strategy, server_eval, server_round, global_state, cfg.round_timeout, left_out) if evaluate_now else {}
-        )
-        record = {
-            "round": server_round,
-            "seconds": round(time.perf_counter() - start, 3),
-            **evaluation,
-            **outputs.train_record(metrics, strategy.nodes, left_out["train"], backbone.num_layers),
-        }
-        _log_record(run_dir, record, cfg.num_server_rounds)
-        save_checkpoint(
-            ckpt_path,
-            ServerState(
-                round=server_round,
-                global_state=global_state,
-                method_state=method.state_dict(),
-                info={
-                    "fingerprint": backbone.fingerprint,
-                    "config": _resumable_config(cfg),
-                    "capacities": {str(n.node_id): n.capacity for n in strategy.nodes.values()},
-                },
-            ),
-        )
 
-    finish(run_dir, cfg, backbone, global_state)
-    if all(r.get("skipped", True) for r in outputs.read_metrics(run_dir) if r["round"] > 0):
-        raise RunError(
-            f"every round of {run_dir} was skipped (fewer accepted replies than min-replies = {cfg.min_replies}; "
-            "the rejection reasons are in metrics.jsonl): the global model was never updated"
+def resume(fed: Federation, initial: State) -> tuple[State, int]:
+    """Load the run folder's checkpoint (it must fit ``initial``'s keys and shapes, the backbone and
+    the config); restore the method's state and the nodes' capacities; return (global state, the
+    first round to run)."""
+    saved = load_checkpoint(fed.checkpoint, expected=initial)
+    if saved.info.get("fingerprint") != fed.backbone.fingerprint:
+        raise ConfigError(f"resume: checkpoint {fed.checkpoint} was made with another backbone")
+    if saved.info.get("config") != _resumable_config(fed.cfg):
+        raise ConfigError(
+            f"resume: checkpoint {fed.checkpoint} was made with another config; only num-server-rounds, "
+            "round-timeout and query-timeout may change on resume"
         )
-    return run_dir
+    fed.method.load_state_dict(saved.method_state)
+    fed.discover.restored = dict(saved.info.get("capacities", {}))
+    outputs.truncate_metrics(fed.run_dir, saved.round)
+    log.info("resuming %s after round %d", fed.run_dir, saved.round)
+    return saved.global_state, saved.round + 1
+
+
+def start(fed: Federation, global_state: State) -> None:
+    """Discover the nodes (none taking part: RunError, no folder made), make the run folder and
+    evaluate the untuned model as round 0."""
+    fed.discover(fed.grid, fed.strategy, 0)
+    _require_nodes(fed.strategy, fed.discover)
+    fed.run_dir.mkdir(parents=True)
+    (fed.run_dir / "metrics.jsonl").write_text("")
+    cfg = fed.cfg
+    evaluation = evaluate_round(fed.grid, fed.strategy, fed.server_eval, 0, global_state, cfg.round_timeout, fed.left_out) if cfg.eval_every else {}
+    _log_record(fed.run_dir, {"round": 0, "seconds": 0.0, **evaluation}, cfg.num_server_rounds)
+
+
+def train_round(fed: Federation, server_round: int, global_state: State) -> State:
+    """One round: discovery, allocation and training, validated aggregation, evaluation when due,
+    the metrics line and the checkpoint; return the new global state."""
+    cfg, strategy, grid = fed.cfg, fed.strategy, fed.grid
+    begin = time.perf_counter()
+    fed.discover(grid, strategy, server_round)
+    _require_nodes(strategy, fed.discover)
+    fed.left_out["train"].clear()
+    messages = list(strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), grid))
+    new_arrays, metrics = strategy.aggregate_train(server_round, send_and_receive(grid, messages, cfg.round_timeout))
+    if new_arrays is not None:
+        global_state = new_arrays.to_torch_state_dict()
+    due = cfg.eval_every and (server_round % cfg.eval_every == 0 or server_round == cfg.num_server_rounds)
+    evaluation = evaluate_round(grid, strategy, fed.server_eval, server_round, global_state, cfg.round_timeout, fed.left_out) if due else {}
+    record = {
+        "round": server_round,
+        "seconds": round(time.perf_counter() - begin, 3),
+        **evaluation,
+        **outputs.train_record(metrics, strategy.nodes, fed.left_out["train"], fed.backbone.num_layers),
+    }
+    _log_record(fed.run_dir, record, cfg.num_server_rounds)
+    save_checkpoint(
+        fed.checkpoint,
+        ServerState(
+            round=server_round,
+            global_state=global_state,
+            method_state=fed.method.state_dict(),
+            info={
+                "fingerprint": fed.backbone.fingerprint,
+                "config": _resumable_config(cfg),
+                "capacities": {str(n.node_id): n.capacity for n in strategy.nodes.values()},
+            },
+        ),
+    )
+    return global_state
 
 
 def _run_dir(cfg: RunConfig) -> Path:
