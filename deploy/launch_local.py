@@ -1,7 +1,9 @@
 """Bring up a real FedRA deployment on one machine as plain processes, run the app, tear it down.
 
 The topology is the one of ``deploy/compose.tls.yaml`` and of the multi-machine scripts, without
-Docker: a SuperLink with TLS and SuperNode authentication on a free loopback port, N SuperNodes
+Docker: a SuperLink with TLS and SuperNode authentication (``deploy/start_superlink.sh``: the
+SuperLink itself, i.e. Control and Runtime API, on a free port of 127.0.0.1 for the operator, and
+the Fleet API proxy on a free port of ``public_host`` for the SuperNodes), N SuperNodes
 (each with its own capacity, its own data, key pair, Flower home and runtime port) and the
 operator's ``flwr run``. Every step goes through the scripts in ``deploy/`` (certificates,
 keys, registration, start-up, ``flwr run``), so they are exercised exactly as documented.
@@ -30,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -141,9 +144,13 @@ class LocalFederation:
     process, and one log file per process (``logs/``).
     """
 
-    def __init__(self, work_dir: Path, env: Mapping[str, str] | None = None, connection: str = CONNECTION) -> None:
-        """Prepare (but do not start) a federation in ``work_dir``; ``env`` adds environment variables."""
+    def __init__(
+        self, work_dir: Path, env: Mapping[str, str] | None = None, connection: str = CONNECTION, public_host: str = "127.0.0.1"
+    ) -> None:
+        """Prepare (but do not start) a federation in ``work_dir``; ``env`` adds environment variables;
+        ``public_host`` is where the SuperNodes reach the Fleet API (a loopback address: 127.0.0.x)."""
         self.work_dir = Path(work_dir).resolve()
+        self.public_host = public_host
         self.connection = connection
         self.certs = self.work_dir / "certs"
         self.keys = self.work_dir / "keys"
@@ -161,7 +168,8 @@ class LocalFederation:
             **(env or {}),
         }
         self.env.setdefault("HF_HUB_OFFLINE", "1")
-        self.port: int | None = None
+        self.port: int | None = None  # the public Fleet API (proxy) on public_host
+        self.control_port: int | None = None  # the SuperLink itself on 127.0.0.1: Control + Runtime API
         self.database: Path | None = None
         self.processes: dict[str, subprocess.Popen] = {}
         self.nodes: dict[str, NodeSpec] = {}
@@ -170,29 +178,42 @@ class LocalFederation:
     # --- set-up -----------------------------------------------------------------------------------
     @property
     def address(self) -> str:
-        """The SuperLink's address (``127.0.0.1:PORT``)."""
+        """The SuperLink's public address, Fleet API only (``PUBLIC_HOST:PORT``): for SuperNodes."""
         if self.port is None:
             raise RuntimeError("the SuperLink has not been started")
-        return f"127.0.0.1:{self.port}"
+        return f"{self.public_host}:{self.port}"
+
+    @property
+    def control_address(self) -> str:
+        """The SuperLink's own loopback address (``127.0.0.1:PORT``): the operator's flwr CLI."""
+        if self.control_port is None:
+            raise RuntimeError("the SuperLink has not been started")
+        return f"127.0.0.1:{self.control_port}"
 
     def generate_credentials(self, key_names: Sequence[str]) -> None:
-        """Create a fresh CA, SuperLink certificate (localhost, 127.0.0.1) and one key pair per name
-        (replacing any left in ``work_dir`` by an earlier bring-up)."""
-        self._script("gen_certs.sh", "--force", "-o", str(self.certs), "localhost", "127.0.0.1")
+        """Create a fresh CA, SuperLink certificate (localhost, 127.0.0.1, ``public_host``) and one key
+        pair per name (replacing any left in ``work_dir`` by an earlier bring-up)."""
+        self._script("gen_certs.sh", "--force", "-o", str(self.certs), "localhost", "127.0.0.1", self.public_host)
         self._script("gen_node_keys.sh", "--force", "-o", str(self.keys), *key_names)
 
     def start_superlink(self, timeout: float = 60.0, database: Path | None = None) -> None:
-        """Start the SuperLink with TLS and SuperNode authentication on a free loopback port (the same
-        port again after :meth:`kill`); with ``database`` its state (runs, registered SuperNodes)
-        lives in that SQLite file, so that a restarted SuperLink keeps it."""
+        """Start the SuperLink with TLS and SuperNode authentication (``deploy/start_superlink.sh``):
+        Control + Runtime API on a free port of 127.0.0.1, the Fleet API proxy on a free port of
+        ``public_host`` (the same ports again after :meth:`kill`); with ``database`` its state (runs,
+        registered SuperNodes) lives in that SQLite file, so that a restarted SuperLink keeps it."""
         self.port = self.port or free_port()
+        while self.control_port in (None, self.port):
+            self.control_port = free_port()
         self.database = database or self.database
-        command = [str(DEPLOY / "start_superlink.sh"), "--certs", str(self.certs), "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [str(DEPLOY / "start_superlink.sh"), "--certs", str(self.certs), "--host", self.public_host,
+                   "--port", str(self.port), "--control-host", "127.0.0.1", "--control-port", str(self.control_port)]
         if self.database is not None:
             command += ["--database", str(self.database)]
-        proc = self._spawn("superlink", command, home=self.superlink_dir / "flwr-home", cwd=self.superlink_dir)
+        proc = self._spawn("superlink", command, home=self.superlink_dir / "flwr-home", cwd=self.superlink_dir,
+                           extra_env={"TMPDIR": str(self.superlink_dir)})  # the proxy's nginx files: here, even after a kill
         try:
-            wait_for_port(self.port, proc, timeout)
+            wait_for_port(self.control_port, proc, timeout)  # the SuperLink on 127.0.0.1
+            _wait_listening(self.public_host, self.port, proc, timeout)  # the Fleet proxy
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}; see {self.logs / 'superlink.log'}") from None
         self.write_connection()
@@ -201,7 +222,7 @@ class LocalFederation:
         """Write the operator's connection entry (address + CA certificate) into its ``config.toml``."""
         out = subprocess.run(
             ["bash", "-c", 'source "$0" && fedra_write_connection "$@"', str(DEPLOY / "_common.sh"),
-             str(self.operator_home), self.connection, self.address, str(self.certs / "ca.crt"), "0"],
+             str(self.operator_home), self.connection, self.control_address, str(self.certs / "ca.crt"), "0"],
             env=self.env, capture_output=True, text=True, timeout=30,
         )
         if out.returncode != 0:
@@ -211,7 +232,7 @@ class LocalFederation:
         """Register the public keys of ``key_names`` on the SuperLink (``deploy/register_nodes.sh``)."""
         pubs = [str(self.keys / f"{name}.pub") for name in key_names]
         self._script(
-            "register_nodes.sh", "--superlink", self.address, "--ca", str(self.certs / "ca.crt"),
+            "register_nodes.sh", "--superlink", self.control_address, "--ca", str(self.certs / "ca.crt"),
             "--connection", self.connection, "--flwr-home", str(self.operator_home), *pubs,
         )
 
@@ -475,6 +496,20 @@ def flwr_json(flwr: str, args: Sequence[str], env: Mapping[str, str], timeout: f
     return reply
 
 
+def _wait_listening(host: str, port: int, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until something accepts connections on ``host:port``; RuntimeError when ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:.0f} s") from None
+            time.sleep(0.2)
+    raise RuntimeError(f"start_superlink.sh exited with code {proc.returncode}")
+
+
 @contextmanager
 def local_federation(
     nodes: Sequence[NodeSpec],
@@ -582,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else None
     try:
         with local_federation(nodes, work_dir) as fed:
-            print(f"SuperLink {fed.address} (TLS, SuperNode auth), {len(nodes)} SuperNodes online; logs in {fed.logs}", flush=True)
+            print(f"SuperLink: Fleet API {fed.address}, Control API {fed.control_address} (TLS, SuperNode auth), "
+                  f"{len(nodes)} SuperNodes online; logs in {fed.logs}", flush=True)
             if args.up:
                 print(f"use it with: FLWR_HOME={fed.operator_home} flwr run . {fed.connection} --stream", flush=True)
                 try:

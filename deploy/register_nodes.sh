@@ -11,7 +11,10 @@ A SuperNode whose key is not registered is refused by the SuperLink (it exits, c
 Run it from the operator's machine (or the SuperLink host) before starting the SuperNodes.
 
 Options:
-  --superlink HOST:PORT  write/replace the connection entry first (else it must exist already)
+  --superlink HOST:PORT  the SuperLink's Control API: write/replace the connection entry first
+                         (default when the entry does not exist: 127.0.0.1:9093, the SuperLink
+                         host's loopback; elsewhere through ssh -N -L 9093:127.0.0.1:9093 HOST).
+                         Not the SuperNodes' public Fleet address: that one refuses the flwr CLI
   --ca FILE              CA certificate for that entry (default: deploy/certs/ca.crt)
   --insecure             connection without TLS (only for a SuperLink started with --insecure,
                          which cannot authenticate SuperNodes anyway)
@@ -19,8 +22,9 @@ Options:
   --flwr-home DIR        Flower CLI home (default: $FLWR_HOME, else <repo>/.flwr_home)
   -h, --help             show this help
 
-Example:
-  deploy/register_nodes.sh --superlink fl.example.org:8000 --ca deploy/certs/ca.crt deploy/keys/*.pub
+Example (from the operator's machine, through an SSH tunnel to the SuperLink host):
+  ssh -N -L 9093:127.0.0.1:9093 fl.example.org &
+  deploy/register_nodes.sh --superlink 127.0.0.1:9093 --ca deploy/certs/ca.crt deploy/keys/*.pub
 EOF
 }
 
@@ -63,6 +67,7 @@ for key in "${keys[@]}"; do
     echo "$key is already registered on this SuperLink"
   else
     echo "$out" >&2
+    fedra_control_hint "$out"
     echo "register_nodes.sh: error: registering $key failed" >&2
     status=1
   fi

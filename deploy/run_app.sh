@@ -15,7 +15,10 @@ The ServerApp writes its outputs on the SuperLink host under output-dir (default
 relative to the SuperLink's working directory).
 
 Options:
-  --superlink HOST:PORT  SuperLink address (writes/replaces the connection entry)
+  --superlink HOST:PORT  the SuperLink's Control API (writes/replaces the connection entry;
+                         default when the entry does not exist: 127.0.0.1:9093, the SuperLink
+                         host's loopback; elsewhere through ssh -N -L 9093:127.0.0.1:9093 HOST).
+                         Not the SuperNodes' public Fleet address: that one refuses the flwr CLI
   --ca FILE              CA certificate (default: deploy/certs/ca.crt)
   --insecure             no TLS (only for a SuperLink started with --insecure)
   --connection NAME      connection name (default: fedra)
@@ -23,8 +26,9 @@ Options:
   --app DIR              the Flower app to submit (default: this repo)
   -h, --help             show this help
 
-Example:
-  deploy/run_app.sh --superlink fl.example.org:8000 --ca deploy/certs/ca.crt num-server-rounds=20
+Example (from the operator's machine, through an SSH tunnel to the SuperLink host):
+  ssh -N -L 9093:127.0.0.1:9093 fl.example.org &
+  deploy/run_app.sh --superlink 127.0.0.1:9093 --ca deploy/certs/ca.crt num-server-rounds=20
 EOF
 }
 

@@ -17,9 +17,14 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG WITH_DIGITS=1
 
 # Writable places for the named volumes of deploy/compose.yaml (a new volume copies this ownership).
+# nginx: the same image also runs the compose file's fleet-proxy service (deploy/fleet_proxy.sh),
+# which puts only the Fleet API on the network; the Control API stays off it (README, Security).
 USER root
 RUN mkdir -p /data/cache /app/state /app/runs /app/certs \
-    && chown -R app:app /data /app
+    && chown -R app:app /data /app \
+    && apt-get update && apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/*
+COPY deploy/_common.sh deploy/fleet_proxy.sh /opt/fedra/deploy/
 USER app
 
 # Staged under the working directory (relative paths) and removed once the dependencies are in.
@@ -31,6 +36,7 @@ RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" WITH_DIGITS="${WITH_DIGITS}" \
 
 ENV FEDRA_CACHE=/data/cache \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
-# One port (Fleet, Control and Runtime API over HTTPS); see deploy/compose.yaml for the flags.
-EXPOSE 8000
+# flower-superlink: one port, 9093 in deploy/compose.yaml (Fleet, Control and Runtime API over
+# HTTPS), published on the host's loopback only; fleet-proxy: 8000, Fleet API only, public.
+EXPOSE 9093 8000
 ENTRYPOINT ["flower-superlink"]

@@ -27,7 +27,9 @@ DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
 BASE = DEPLOY / "compose.yaml"
 OVERLAYS = [DEPLOY / "compose.tls.yaml", DEPLOY / "compose.gpu.yaml"]
-SERVICES = {"superlink", "supernode-1", "supernode-2", "supernode-3"}
+NODE_SERVICES = {"supernode-1", "supernode-2", "supernode-3"}
+SERVICES = {"superlink", "fleet-proxy", *NODE_SERVICES}
+PROXY = DEPLOY / "fleet_proxy.sh"
 CAPACITIES = {"supernode-1": 12, "supernode-2": 6, "supernode-3": 3}
 # accepted by --help for compatibility, but gone or replaced in Flower 1.42
 DEPRECATED = {
@@ -92,8 +94,9 @@ def _flags(command: list[str]) -> dict[str, str | None]:
 def help_flags() -> dict[str, set[str]]:
     """The flags each Flower executable of this environment accepts (from its --help)."""
     out = {}
-    for exe in ("flower-superlink", "flower-supernode"):
-        run = subprocess.run([str(BIN / exe), "--help"], capture_output=True, text=True, timeout=120)
+    for exe, argv in (("flower-superlink", [str(BIN / "flower-superlink")]), ("flower-supernode", [str(BIN / "flower-supernode")]),
+                      ("fleet_proxy.sh", ["bash", str(PROXY)])):
+        run = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
         out[exe] = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", run.stdout))
         assert "--help" in out[exe] and "--insecure" in out[exe]
@@ -128,14 +131,15 @@ def test_build_dockerfiles_exist_and_start_from_flower_1_42(overlays: list[Path]
         context = (DEPLOY / build["context"]).resolve()
         dockerfile = context / build["dockerfile"]
         assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
-        kind = "superlink" if name == "superlink" else "supernode"
+        kind = "supernode" if name in NODE_SERVICES else "superlink"  # fleet-proxy: the SuperLink image
         assert dockerfile.name == f"{kind}.Dockerfile"
         text = dockerfile.read_text()
         base_image = re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.M)
         assert base_image and re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.M), f"{dockerfile.name}: FROM must use ARG BASE_IMAGE"
         assert re.fullmatch(rf"flwr/{kind}:1\.42\.0-py3\.1\d-ubuntu24\.04", base_image.group(1)), base_image.group(1)
-        for src in re.findall(r"^COPY (?:--\S+ )*(\S+) \S+$", text, re.M):
-            assert (context / src).is_file(), f"{dockerfile.name} copies {src}, which is not in the build context"
+        for sources in re.findall(r"^COPY (?:--\S+ )*(\S+(?: \S+)*) \S+$", text, re.M):
+            for src in sources.split():
+                assert (context / src).is_file(), f"{dockerfile.name} copies {src}, which is not in the build context"
         assert f"ENTRYPOINT [\"flower-{kind}\"]" in text
 
 
@@ -148,7 +152,7 @@ def test_dockerignore_keeps_heavy_and_secret_files_out_but_not_what_images_copy(
 
     for path in (".venv", "runs", ".cache", ".git", "x/y.safetensors", "deploy/certs", "deploy/keys", ".flwr_home"):
         assert ignored(path), f".dockerignore does not exclude {path}"
-    for path in ("pyproject.toml", "docker/install_deps.sh"):
+    for path in ("pyproject.toml", "docker/install_deps.sh", "deploy/_common.sh", "deploy/fleet_proxy.sh"):
         assert not ignored(path), f".dockerignore excludes {path}, which the Dockerfiles copy"
 
 
@@ -177,11 +181,28 @@ def test_flags_exist_in_flower_1_42_and_ports_agree(overlays: list[Path], help_f
     link = _flags(services["superlink"]["command"])
     assert set(link) <= help_flags["flower-superlink"], set(link) - help_flags["flower-superlink"]
     assert not set(link) & DEPRECATED
-    assert link["--host"] == "0.0.0.0"  # reachable from the other containers
-    port = link["--port"]
-    assert port and port.isdigit()
-    assert f"{port}:{port}" in services["superlink"]["ports"]
+    assert link["--host"] == "0.0.0.0"  # reachable from the proxy's container
+    control = link["--port"]
+    assert control and control.isdigit()
+    # Control API (no authentication in open-source Flower): published on the host's loopback only
+    assert services["superlink"]["ports"] == [f"127.0.0.1:{control}:{control}"]
+    proxy = services["fleet-proxy"]
+    assert proxy["entrypoint"] == ["bash", "/opt/fedra/deploy/fleet_proxy.sh"]
+    fleet = _flags(proxy["command"])
+    assert set(fleet) <= help_flags["fleet_proxy.sh"], set(fleet) - help_flags["fleet_proxy.sh"]
+    assert fleet["--upstream"] == f"superlink-control:{control}"
+    assert "superlink-control" in services["superlink"]["networks"]["control"]["aliases"]
+    listen_host, port = fleet["--listen"].rsplit(":", 1)
+    assert listen_host == "0.0.0.0" and port.isdigit() and port != control
+    assert proxy["ports"] == [f"{port}:{port}"]  # the only public port: the Fleet API
+    # the SuperNodes share no network with the SuperLink: on theirs, `superlink` is the proxy
+    assert set(services["superlink"]["networks"]) == {"control"}
+    assert set(proxy["networks"]) == {"control", "fleet"} and proxy["networks"]["fleet"]["aliases"] == ["superlink"]
     tls = "--insecure" not in link
+    assert ("--insecure" in fleet) == (not tls), "fleet-proxy: TLS setting differs from the SuperLink's"
+    if tls:
+        mounted_proxy = {_mount(v)[1] for v in proxy.get("volumes", [])}
+        assert {f"{fleet['--certs']}/{f}" for f in ("ca.crt", "server.pem", "server.key")} <= mounted_proxy
     if tls:
         assert {"--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth"} <= set(link)
     domains = set()
@@ -190,7 +211,8 @@ def test_flags_exist_in_flower_1_42_and_ports_agree(overlays: list[Path], help_f
         if flag in link:
             assert link[flag] in mounted_link, f"superlink: {link[flag]} is not mounted"
     keys = set()
-    for name in sorted(SERVICES - {"superlink"}):
+    for name in sorted(NODE_SERVICES):
+        assert services[name]["networks"] == ["fleet"], f"{name} must reach only the Fleet API proxy"
         command = services[name]["command"]
         node = _flags(command)
         assert set(node) <= help_flags["flower-supernode"], set(node) - help_flags["flower-supernode"]
@@ -209,6 +231,25 @@ def test_flags_exist_in_flower_1_42_and_ports_agree(overlays: list[Path], help_f
     assert domains == {"mnist", "printed", "usps"}  # one domain per node, no data mount needed
     if tls:
         assert len(keys) == 3, "every SuperNode needs its own key"
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """safe_load plus compose's ``!reset`` tag (an overlay's way to empty a key)."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
+def test_hostnet_overlay_keeps_the_control_api_on_its_own_port() -> None:
+    overlay = yaml.load((DEPLOY / "compose.hostnet.yaml").read_text(), Loader=_ComposeLoader)["services"]
+    assert set(overlay) == SERVICES
+    assert all(svc["network_mode"] == "host" and "networks" in svc and svc["networks"] is None for svc in overlay.values())
+    link, proxy = _flags(overlay["superlink"]["command"]), _flags(overlay["fleet-proxy"]["command"])
+    control, public = "${FEDRA_CONTROL_PORT:-9093}", "${FEDRA_SUPERLINK_PORT:-8000}"
+    assert link["--host"] == "127.0.0.1" and link["--port"] == control
+    assert proxy["--listen"] == f"127.0.0.1:{public}" and proxy["--upstream"] == f"127.0.0.1:{control}"
+    for name in NODE_SERVICES:
+        assert _flags(overlay[name]["command"])["--superlink"] == f"127.0.0.1:{public}", name
 
 
 def _imagefolder_variant(path: Path, out: Path) -> Path:
@@ -232,7 +273,7 @@ def test_commented_imagefolder_example_gives_each_node_only_its_own_folder(overl
     services = merged(*files)
     assert "fedra-cache" in (load(files[0]).get("volumes") or {})
     hosts = set()
-    for name in sorted(SERVICES - {"superlink"}):
+    for name in sorted(NODE_SERVICES):
         node = _flags(services[name]["command"])
         config = parse_config_args([node["--node-config"]])
         assert set(config) <= set(NODE_KEYS), set(config) - set(NODE_KEYS)

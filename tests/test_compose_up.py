@@ -293,10 +293,11 @@ def federation(request, compose, images, tmp_path_factory) -> dict:
             os.chown(secret, 49999, 49999)  # the containers' user `app`
         else:
             secret.chmod(0o644)
-    sl_port, *node_ports = _free_ports(4)
+    sl_port, control_port, *node_ports = _free_ports(5)  # Fleet proxy, SuperLink (Control API), nodes
     env = {
         **os.environ,
         "FEDRA_SUPERLINK_PORT": str(sl_port),
+        "FEDRA_CONTROL_PORT": str(control_port),
         **{f"FEDRA_SUPERNODE_PORT_{i}": str(p) for i, p in enumerate(node_ports, start=1)},
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "FLWR_HOME": str(work / "flwr-home"),
@@ -305,7 +306,7 @@ def federation(request, compose, images, tmp_path_factory) -> dict:
     base = [*compose, "--project-directory", str(project_dir), "-p", PROJECT]
     for f in COMPOSE_FILES:
         base += ["-f", str(f)]
-    fed = {"work": work, "project_dir": project_dir, "env": env, "compose": base, "port": sl_port,
+    fed = {"work": work, "project_dir": project_dir, "env": env, "compose": base, "port": control_port, "fleet_port": sl_port,
            "ca": project_dir / "certs" / "ca.crt", "home": work / "flwr-home"}
 
     def teardown() -> None:
@@ -321,8 +322,8 @@ def federation(request, compose, images, tmp_path_factory) -> dict:
     request.addfinalizer(teardown)  # before anything starts: a failed start is torn down too
     _remove_stale_projects()
     start = time.monotonic()
-    _run([*base, "up", "-d", "--no-build", "superlink"], env=env, timeout=600)
-    flwr_cli = ["bash", str(DEPLOY / "register_nodes.sh"), "--superlink", f"127.0.0.1:{sl_port}", "--ca", str(fed["ca"]),
+    _run([*base, "up", "-d", "--no-build", "superlink", "fleet-proxy"], env=env, timeout=600)
+    flwr_cli = ["bash", str(DEPLOY / "register_nodes.sh"), "--superlink", f"127.0.0.1:{control_port}", "--ca", str(fed["ca"]),
                 "--flwr-home", str(fed["home"]), *(str(project_dir / "keys" / f"{n}.pub") for n in NODES)]
     deadline = time.monotonic() + 120
     while True:  # the SuperLink takes a few seconds to listen: retry the registration
@@ -453,6 +454,22 @@ def test_exported_adapter_loads(run_dir: Path) -> None:
 
 def test_no_container_exited_or_restarted(federation, run_dir: Path) -> None:
     states = _containers(federation)
-    assert set(states) == {"superlink", *NODES}, sorted(states)
+    assert set(states) == {"superlink", "fleet-proxy", *NODES}, sorted(states)
     _assert_no_exits(federation)
     assert all(s["Status"] == "running" for s in states.values()), {k: s["Status"] for k, s in states.items()}
+
+
+def test_fleet_port_refuses_the_control_api(federation) -> None:
+    """The SuperNodes' port answers only the Fleet API: the flwr CLI's calls get the proxy's 403."""
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(federation["ca"]))
+    for path, refused in (("/v1/control/list-runs", True), ("/v1/runtime/get-nodes", True), ("/v1/fleet/get-run", False)):
+        conn = http.client.HTTPSConnection("127.0.0.1", federation["fleet_port"], context=context, timeout=30)
+        try:
+            conn.request("POST", path, body=b"", headers={"Content-Type": "application/protobuf"})
+            status = conn.getresponse().status
+        finally:
+            conn.close()
+        assert (status == 403) == refused, (path, status)
