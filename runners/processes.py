@@ -25,8 +25,16 @@ code is the conventional 143) and ``KeyboardInterrupt`` for SIGINT (as Python do
 then on :func:`start` refuses new children (a worker thread would otherwise start the next run while
 the main thread unwinds). A second signal while stopping skips the grace period.
 
-Grandchildren of a starter killed by SIGKILL are Flower's to end: SuperExec, ServerApp and ClientApp
-processes watch their parent's pid (``--parent-pid``) and exit within about a second of it.
+A starter killed outright (SIGKILL, the OOM killer) runs none of this. Its direct children get the
+parent-death signal; for the rest, the first :func:`start` in a process also starts a watcher
+(``python runners/processes.py --guard PID``, in a session of its own) that scans the starter's
+descendants in ``/proc`` every second, remembers them (pid and start time, so a reused pid is never
+hit), and is told every child's process group through a pipe of which the starter holds the only
+write end. When that pipe ends (the starter exited or died) the watcher stops whatever it
+remembers that still runs, and the members of those groups: SIGTERM, ``GRACE`` s, SIGKILL. After a
+normal exit nothing is left for it to stop. Flower's SuperExec, ServerApp and ClientApp processes
+also watch their parent's pid and exit a few seconds after it; Flower's simulation engine (its
+``flwr-simulation`` process and Ray's) does not, and is the watcher's.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -54,6 +63,9 @@ _keeper: SimpleQueue | None = None
 _keeper_lock = threading.Lock()
 _stopping = False  # a signal handler is stopping the children
 _closed = False  # a signal ended this process's work: no new children
+_watcher: subprocess.Popen | None = None  # see _watch()
+_watcher_fd: int | None = None  # the only write end of the watcher's stdin
+_watcher_lock = threading.Lock()
 
 try:  # resolved once here: between fork and exec the child only calls it
     _prctl: Callable[..., int] | None = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
@@ -77,9 +89,12 @@ def start(
         raise RuntimeError(f"not starting {command[0]}: this process is stopping after a signal")
     preexec = _guard(os.getpid(), death_signal, preexec_fn) if death_signal and _prctl is not None else preexec_fn
 
+    _watch()
+
     def spawn() -> subprocess.Popen:
         proc = subprocess.Popen(list(command), start_new_session=True, preexec_fn=preexec, **popen_kwargs)
         _children[proc.pid] = proc
+        _tell_watcher(proc.pid)
         return proc
 
     if threading.current_thread() is threading.main_thread():
@@ -296,12 +311,85 @@ def _keep(queue: SimpleQueue) -> None:
             done.set_exception(exc)
 
 
+def _watch() -> None:
+    """Start this process's watcher, once (see the module's docstring)."""
+    global _watcher, _watcher_fd
+    if os.name != "posix":
+        return
+    with _watcher_lock:
+        if _watcher_fd is not None:
+            return
+        read, write = os.pipe()  # not inherited by what this process starts (close-on-exec)
+        try:
+            _watcher = subprocess.Popen(
+                [sys.executable, "-I", os.path.abspath(__file__), "--guard", str(os.getpid())],
+                stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+        except OSError:  # no watcher: the rest still holds
+            os.close(write)
+            return
+        finally:
+            os.close(read)
+        _watcher_fd = write
+
+
+def _tell_watcher(pgid: int) -> None:
+    if _watcher_fd is not None:
+        try:
+            os.write(_watcher_fd, f"{pgid}\n".encode())
+        except OSError:  # the watcher is gone
+            pass
+
+
+def _guard_main(starter: int) -> int:
+    """The watcher's loop: remember the starter's descendants and the groups it names on stdin
+    until stdin ends, then stop those still running."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a stop of the starter's family: not ours
+        signal.signal(sig, signal.SIG_IGN)
+    seen: set[psutil.Process] = set()
+    groups: set[int] = set()
+    pending = b""
+    while True:
+        ready, _, _ = select.select([0], [], [], 1.0)
+        if ready:
+            data = os.read(0, 4096)
+            if not data:
+                break
+            *lines, pending = (pending + data).split(b"\n")
+            groups.update(int(line) for line in lines if line.strip())
+        try:
+            new = set(psutil.Process(starter).children(recursive=True)) - seen
+        except psutil.NoSuchProcess:
+            break
+        seen.update(p for p in new if not _is_watcher(p))  # another starter's watcher ends on its own
+        seen = {p for p in seen if not gone(p)}
+    left = {p for p in seen if not gone(p)}
+    for pgid in groups:  # a member that left the tree in the last second
+        left.update(family(pgid, leader=False))
+    terminate(left)
+    return 0
+
+
+def _is_watcher(p: psutil.Process) -> bool:
+    try:
+        return p.pid == os.getpid() or "--guard" in p.cmdline()[2:4]
+    except psutil.Error:
+        return False
+
+
 def _forget_after_fork() -> None:
-    """A forked copy of this process (multiprocessing) does not own its parent's children."""
-    global _keeper
+    """A forked copy of this process (multiprocessing) does not own its parent's children, nor
+    the watcher's pipe (held open here, it would keep the watcher waiting after the parent died)."""
+    global _keeper, _watcher, _watcher_fd
     _children.clear()
     _keeper = None
+    if _watcher_fd is not None:
+        os.close(_watcher_fd)
+    _watcher, _watcher_fd = None, None
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
 atexit.register(stop_all)
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--guard"]:
+    sys.exit(_guard_main(int(sys.argv[2])))

@@ -3,7 +3,7 @@
 ``runners.processes`` on its own: a child that starts a grandchild in a session of its own (as
 Flower's SuperLink starts its SuperExec) is stopped with it; a runner sent SIGTERM or SIGINT stops
 both first; a runner killed outright takes its children along (the parent-death signal), also one
-started from a thread that had already ended. Then ``python -m deploy.launch_local`` itself: every
+started from a thread that had already ended, and its watcher stops the grandchild. Then ``python -m deploy.launch_local`` itself: every
 process that was its descendant (read from /proc before the signal: SuperLink,
 SuperExecs, SuperNode, ``flwr run``, ServerApp) is gone within 20 s of a SIGTERM during a run, of a
 SIGINT, and of a SIGKILL. And a pytest session with the project's conftest, sent SIGTERM, runs its
@@ -106,19 +106,21 @@ def test_a_signalled_runner_leaves_nothing(sig):
     tree = [psutil.Process(runner.pid), *psutil.Process(runner.pid).children(recursive=True)]
     try:
         assert {started["child"], started["grandchild"], started["threaded"]} <= {p.pid for p in tree}
-        time.sleep(0.5)
-        assert _alive(tree) and len(_alive(tree)) == 4  # the thread's child outlived its thread
+        assert [p for p in tree if "--guard" in p.cmdline()], "no watcher"
+        time.sleep(3)  # the watcher scans every second
+        assert len(_alive(tree)) == 5  # runner, watcher, children (the thread's outlived its thread), grandchild
         os.kill(runner.pid, sig)
         code = runner.wait(timeout=30)
-        if sig == signal.SIGKILL:  # no handler ran: the kernel took the direct children
+        if sig == signal.SIGKILL:  # no handler ran: the kernel took the direct children, the watcher the rest
             direct = [p for p in tree if p.pid in (started["child"], started["threaded"])]
             assert _all_gone(direct, 10) == []
+            assert _all_gone(tree, 20) == []
             assert code == -signal.SIGKILL
         else:
             assert _all_gone(tree, 20) == []
             assert code == (128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGINT)
     finally:
-        processes.terminate(tree, grace=1)  # the orphaned grandchild of the SIGKILL case
+        processes.terminate(tree, grace=1)  # what a failure left
         processes.stop(runner, grace=1)
 
 
