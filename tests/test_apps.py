@@ -101,6 +101,7 @@ import json, timm, torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
+from fedra_core.data.node_data import stratified_indices
 from fedra_core.demo.digits import digits_domain
 adapter = {str(run_dir / 'adapter')!r}
 meta = json.load(open(adapter + "/backbone.json"))
@@ -109,7 +110,8 @@ model.load_state_dict({{k: v for k, v in load_file(meta["weights_path"]).items()
 model = PeftModel.from_pretrained(model, adapter).eval()
 acc = {{}}
 for d in ["mnist", "printed", "usps"]:
-    ds = Subset(digits_domain(d, "test"), range(100))
+    full = digits_domain(d, "test")  # the nodes' eval-max-examples=100: a seeded stratified sample (seed 0)
+    ds = Subset(full, stratified_indices(full.tensors[1].numpy(), 100, 0))
     correct = 0
     with torch.no_grad():
         for x, y in DataLoader(ds, batch_size=50):
