@@ -101,7 +101,7 @@ import json, timm, torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
-from fedra_core.data.node_data import stratified_indices
+from fedra_core.data.partition import stratified_indices
 from fedra_core.demo.digits import digits_domain
 adapter = {str(run_dir / 'adapter')!r}
 meta = json.load(open(adapter + "/backbone.json"))

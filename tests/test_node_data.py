@@ -147,7 +147,7 @@ def test_eval_max_examples_draws_a_seeded_class_stratified_sample(tmp_path):
 
 
 def test_stratified_indices_hand_worked_example():
-    from fedra_core.data.node_data import stratified_indices
+    from fedra_core.data.partition import stratified_indices
 
     targets = np.array([0] * 6 + [1] * 3 + [2] * 1)  # shares of 5: 3, 1.5, 0.5 -> 3, 2 (larger remainder, lower label), 0
     picked = stratified_indices(targets, 5, seed=0)

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from torch.utils.data import Dataset, Subset
 
-from fedra_core.data.partition import ClientShard, feature_label_skew, feature_skew
+from fedra_core.data.partition import ClientShard, eval_sample, feature_label_skew, feature_skew
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,6 @@ def client_train_data(spec: DataSpec, partition_id: int) -> tuple[str, Dataset]:
 
 
 def test_sets(spec: DataSpec, max_examples: int = 0) -> dict[str, Dataset]:
-    """Return every domain's test split (first ``max_examples`` of each when positive), by domain."""
-    out = {}
-    for d in domains_of(spec):
-        ds = domain_split(spec, d, "test")
-        out[d] = Subset(ds, range(min(len(ds), max_examples))) if max_examples else ds
-    return out
+    """Return every domain's test split, by domain; with ``max_examples`` the same seeded,
+    class-stratified sample of each that the nodes evaluate (:func:`partition.eval_sample`)."""
+    return {d: eval_sample(domain_split(spec, d, "test"), max_examples, spec.seed) for d in domains_of(spec)}

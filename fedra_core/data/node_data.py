@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from fedra_core.data.federation import DataSpec, client_train_data, domain_split
+from fedra_core.data.partition import dataset_targets, eval_sample
 
 DATA_FORMATS: tuple[str, ...] = ("imagefolder", "domainnet", "nicopp", "digits", "partition", "tokens")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -121,23 +122,9 @@ def load_node_data(
         data = NodeData(spec.domain, train, test, f"{spec.data_format}:{spec.domain}:{run.seed}")
     _check_labels(data, spec, labels.num_classes)
     if max_test and len(data.test) > max_test:
-        data = NodeData(data.domain, data.train, Subset(data.test, stratified_indices(_targets(data.test), max_test, run.seed)),
-                        data.eval_set)
+        data = NodeData(data.domain, data.train, eval_sample(data.test, max_test, run.seed), data.eval_set)
     return data
 
-
-def stratified_indices(targets: np.ndarray, count: int, seed: int) -> list[int]:
-    """Return ``count`` sorted indices into ``targets`` drawn with ``seed``, each class getting its
-    share of ``count`` in proportion to its size (largest remainders round the shares; ties go to
-    the lower label), uniformly at random within the class."""
-    labels, sizes = np.unique(targets, return_counts=True)
-    exact = count * sizes / sizes.sum()
-    shares = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - shares), kind="stable")[: count - shares.sum()]:
-        shares[i] += 1
-    rng = np.random.default_rng([seed, 0x5EED])
-    picked = [rng.permutation(np.flatnonzero(targets == label))[:share] for label, share in zip(labels, shares)]
-    return sorted(int(i) for i in np.concatenate(picked))
 
 
 def _check_labels(data: NodeData, spec: NodeDataSpec, num_classes: int) -> None:
@@ -155,13 +142,7 @@ def _check_labels(data: NodeData, spec: NodeDataSpec, num_classes: int) -> None:
 
 
 def _targets(ds: Dataset) -> np.ndarray:
-    if isinstance(ds, Subset):
-        return _targets(ds.dataset)[np.asarray(ds.indices, dtype=np.int64)]
-    if isinstance(ds, TensorDataset):
-        return ds.tensors[1].numpy()
-    if isinstance(ds, ImageTensorDataset):
-        return ds.labels.numpy()
-    return np.asarray(getattr(ds, "targets"))
+    return dataset_targets(ds)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -211,3 +211,41 @@ def sample_round_clients(
             f"number of domains ({len(by_domain)})"
         )
     return sorted(members[int(rng.integers(len(members)))] for members in by_domain.values())
+
+
+def stratified_indices(targets: np.ndarray, count: int, seed: int) -> list[int]:
+    """Return ``count`` sorted indices into ``targets`` drawn with ``seed``, each class getting its
+    share of ``count`` in proportion to its size (largest remainders round the shares; ties go to
+    the lower label), uniformly at random within the class."""
+    labels, sizes = np.unique(targets, return_counts=True)
+    exact = count * sizes / sizes.sum()
+    shares = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - shares), kind="stable")[: count - shares.sum()]:
+        shares[i] += 1
+    rng = np.random.default_rng([seed, 0x5EED])
+    picked = [rng.permutation(np.flatnonzero(targets == label))[:share] for label, share in zip(labels, shares)]
+    return sorted(int(i) for i in np.concatenate(picked))
+
+
+def dataset_targets(ds) -> np.ndarray:
+    """Return the labels of a dataset without loading its inputs: a ``Subset``'s through its parent,
+    a ``TensorDataset``'s second tensor, else its ``labels`` or ``targets`` attribute."""
+    from torch.utils.data import Subset, TensorDataset
+
+    if isinstance(ds, Subset):
+        return dataset_targets(ds.dataset)[np.asarray(ds.indices, dtype=np.int64)]
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1].numpy()
+    if hasattr(ds, "labels"):
+        return np.asarray(ds.labels)
+    return np.asarray(getattr(ds, "targets"))
+
+
+def eval_sample(ds, max_examples: int, seed: int):
+    """Return ``ds`` itself, or a ``Subset`` of ``max_examples`` of it drawn by :func:`stratified_indices`
+    when it holds more: what a node and the server evaluate under ``eval-max-examples``."""
+    from torch.utils.data import Subset
+
+    if not max_examples or len(ds) <= max_examples:
+        return ds
+    return Subset(ds, stratified_indices(dataset_targets(ds), max_examples, seed))
