@@ -132,17 +132,13 @@ def _check_labels(data: NodeData, spec: NodeDataSpec, num_classes: int) -> None:
     if len(data.train) == 0:
         raise NodeDataError(f"node-config {key!r} = {value!r}: no training example (a node needs at least one)")
     for split, ds in (("train", data.train), ("test", data.test)):
-        targets = _targets(ds)
+        targets = dataset_targets(ds)
         if len(targets) and not (0 <= int(targets.min()) and int(targets.max()) < num_classes):
             bad = int(targets.max()) if int(targets.max()) >= num_classes else int(targets.min())
             raise NodeDataError(
                 f"node-config {key!r} = {value!r}: {split} label {bad} lies outside the run's label space 0..{num_classes - 1} "
                 "(config key 'num-classes')"
             )
-
-
-def _targets(ds: Dataset) -> np.ndarray:
-    return dataset_targets(ds)
 
 
 # ----------------------------------------------------------------------------------------------
