@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load, save_file
 
 from fedra_core.state import State
 
@@ -82,9 +81,12 @@ def load_checkpoint(path: Path, expected: Mapping[str, torch.Tensor] | None = No
             "or set resume=false to start a new run)"
         )
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        # one read of the whole file: safetensors' lazy reader opens the file again by name, so a
+        # checkpoint replaced in between (the server writing its next round) would mix two files
+        data = path.read_bytes()
+        size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8:8 + size]).get("__metadata__") or {}
+        tensors = load(data)
         round_ = int(metadata["round"])
         info = json.loads(metadata["info"])
         checksum = metadata["sha256"]

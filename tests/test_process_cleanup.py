@@ -98,6 +98,18 @@ def test_run_stops_the_family_on_a_timeout(tmp_path):
         processes.terminate(grandchild, grace=1)
 
 
+@pytest.fixture(autouse=True)
+def _sigint_reaches_the_children():
+    """A shell's background job (``make test &``) starts with SIGINT ignored, and an ignored signal is
+    inherited (and, by design, stays ignored in runners.processes): give this test's children the
+    default disposition, as a terminal's Ctrl-C would find it."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "SIGINT", "SIGKILL"])
 def test_a_signalled_runner_leaves_nothing(sig):
     runner = processes.start([sys.executable, "-c", RUNNER], cwd=REPO, stdout=subprocess.PIPE, text=True,

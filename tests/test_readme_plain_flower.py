@@ -61,7 +61,7 @@ def test_readme_plain_flower_commands_run_a_round(tmp_path):
 
     commands, connection = readme_commands()
     by_tool = {c.split()[0] + (" " + c.split()[1] if c.startswith("flwr ") else ""): c for c in commands}
-    assert {"ssh-keygen", "flower-superlink", "flower-supernode", "flwr supernode", "flwr run"} <= set(by_tool), commands
+    assert {"ssh-keygen", "flower-superlink", "deploy/fleet_proxy.sh", "flower-supernode", "flwr supernode", "flwr run"} <= set(by_tool), commands
     resolve_backbone(BackboneSpec(name="vit", model_kwargs=TINY_VIT, weights="random", num_classes=10))
     work = tmp_path / "work"
     work.mkdir()
@@ -76,7 +76,8 @@ def test_readme_plain_flower_commands_run_a_round(tmp_path):
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
 
     def argv(command: str) -> list[str]:
-        args = shlex.split(command.replace("fl.example.org", "127.0.0.1").replace("/data/hospital-a", str(data)))
+        args = shlex.split(command.replace("fl.example.org", "127.0.0.1").replace("/data/hospital-a", str(data))
+                           .replace("--certs DIR", f"--certs {work}").replace("deploy/fleet_proxy.sh", str(REPO / "deploy" / "fleet_proxy.sh")))
         if "--run-config" in args:  # the user's run config: a tiny run here
             args[args.index("--run-config") + 1] = f"{TINY} output-dir='{tmp_path / 'runs'}'"
         return args
@@ -94,6 +95,9 @@ def test_readme_plain_flower_commands_run_a_round(tmp_path):
                                        stderr=subprocess.STDOUT))
         _wait(lambda: _json(run("flwr ls fedra --format json", timeout=30).stdout).get("success", False), 60,
               tmp_path / "superlink.log")
+        log = open(tmp_path / "fleet_proxy.log", "w")  # the SuperNodes' only way in (README "Security")
+        started.append(processes.start(argv(by_tool["deploy/fleet_proxy.sh"]), cwd=work, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT))
         run(by_tool["flwr supernode"])
         log = open(tmp_path / "supernode.log", "w")
         started.append(processes.start(argv(by_tool["flower-supernode"]), cwd=work, env=env, stdout=log,
