@@ -20,7 +20,7 @@ from app_helpers import TINY_RUN, run_inprocess
 from fedra_core.lora import verify_adapter
 from fedra_core.run_config import ConfigError, load_run_config
 from server_app.app import RunError
-from server_app.checkpoint import CheckpointError, ServerState, load_checkpoint, save_checkpoint, tensors_sha256
+from server_app.checkpoint import CheckpointError, ServerState, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 

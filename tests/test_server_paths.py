@@ -8,7 +8,6 @@ import json
 import math
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
