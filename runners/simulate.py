@@ -167,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     run_config = dict(DEMO_RUN_CONFIG) if args.demo else {}
     run_config["output-dir"] = str(Path(args.output_dir).resolve())
-    run_config.update(parse_run_config(args.run_config))
+    overrides = parse_run_config(args.run_config)
+    run_config.update(overrides)
     cfg = load_run_config(run_config)
-    if args.demo and "run-name" not in parse_run_config(args.run_config):
+    if args.demo and "run-name" not in overrides:
         run_config["run-name"] = free_run_name(Path(cfg.output_dir), cfg.run_name)
     elif cfg.run_name and not cfg.resume:
         check_new_run(Path(cfg.output_dir) / cfg.run_name, cfg.run_name)

@@ -64,7 +64,7 @@ class NodeDiscovery:
         try:
             claim = check_query_reply(reply, strategy.limits)
         except RejectedReply as exc:
-            return str(exc) if str(exc).startswith("its capacity query") else f"its capacity reply is unusable: {exc}"
+            return str(exc)
         if claim.fingerprint != strategy.fingerprint:
             return f"it holds another backbone (fingerprint {claim.fingerprint}, server {strategy.fingerprint})"
         capacity = int(self.restored.pop(str(node_id), claim.capacity))

@@ -194,7 +194,7 @@ def check_reply(reply: Message, sent: Mapping[str, torch.Tensor], limits: ReplyL
     examples = number(metrics, wire.NUM_EXAMPLES, integer=True, lo=1, hi=limits.max_examples)
     claim = TrainClaim(
         num_examples=int(examples),
-        loss=float(number(metrics, wire.TRAIN_LOSS, required=False) if wire.TRAIN_LOSS in metrics else math.nan),
+        loss=float(number(metrics, wire.TRAIN_LOSS)) if wire.TRAIN_LOSS in metrics else math.nan,
         capacity=number(metrics, wire.CAPACITY, integer=True, required=False),
         times=_times(metrics),
         update_norm=norm,
@@ -299,6 +299,13 @@ def check_query_reply(reply: Message, limits: ReplyLimits) -> QueryClaim:
     fingerprint, domain, eval-set and device. Raises RejectedReply."""
     if reply.has_error():
         raise RejectedReply(f"its capacity query failed: {_one_line(str(reply.error.reason))}")
+    try:
+        return _query_claim(reply, limits)
+    except RejectedReply as exc:
+        raise RejectedReply(f"its capacity reply is unusable: {exc}") from None
+
+
+def _query_claim(reply: Message, limits: ReplyLimits) -> QueryClaim:
     metrics = _record(reply, wire.METRICS, MetricRecord)
     config = _record(reply, wire.CONFIG, ConfigRecord)
     return QueryClaim(
