@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     host = machine()
     import torch
 
-    from fedra_core import BackboneSpec, LoraSettings, aggregate_fedra, build_trainable_model, get_method
+    from fedra_core import BackboneSpec, LoraSettings, aggregate_fedra, ModelRecipe, get_method
     from fedra_core import resolve_backbone, state_nbytes, trainable_state
     from fedra_core.state import clone_state
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = sorted(int(c) for c in args.clients.split(","))
     backbone = resolve_backbone(BackboneSpec(name=MODEL, weights="random", num_classes=args.num_classes))
     torch.manual_seed(args.seed)
-    model = build_trainable_model(backbone, range(backbone.num_layers), LoraSettings(rank=8), get_method("fedra"))
+    model = ModelRecipe(backbone, LoraSettings(rank=8), get_method("fedra")).build(range(backbone.num_layers))
     global_state = clone_state(trainable_state(model))
     del model
     gc.collect()

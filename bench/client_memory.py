@@ -86,7 +86,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from fedra_core import Backbone, BackboneSpec, LoraSettings, TrainSettings, get_method
     from fedra_core.families import family_named
-    from fedra_core import build_trainable_model, resolve_backbone, train_local
+    from fedra_core import ModelRecipe, resolve_backbone, train_local
 
     torch.set_num_threads(args.threads)
     phases["imports"] = _status()
@@ -108,7 +108,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         if not _reset_peak():
             raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs); per-phase peaks need it")
         start = time.perf_counter()
-        evaluate_global_model(backbone, state, LoraSettings(rank=8), get_method("fedra"), data, args.k, args.batch_size)
+        evaluate_global_model(ModelRecipe(backbone, LoraSettings(rank=8), get_method("fedra")), state, data, args.k, args.batch_size)
         phases["evaluate"] = {**_status(), "seconds": time.perf_counter() - start}
     elif args.child != "baseline":
         spec = BackboneSpec(name=MODEL, weights=args.weights, num_classes=args.num_classes)
@@ -131,7 +131,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         _reset_peak()
         start = time.perf_counter()
         torch.manual_seed(0)
-        model = build_trainable_model(backbone, blocks, LoraSettings(rank=8), get_method("fedra"))
+        model = ModelRecipe(backbone, LoraSettings(rank=8), get_method("fedra")).build(blocks)
         phases["build"] = {**_status(), "seconds": time.perf_counter() - start}
         result["model_param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
         # one batch for the step; calibration takes its batches from the same (client's) data
@@ -156,8 +156,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             result["calibrate_start_rss"] = _status()["VmRSS"]
             _reset_peak()
             start = time.perf_counter()
-            head = calibrate_head(backbone, {**global_state, **trained}, LoraSettings(rank=8), get_method("fedra"), data,
-                                  args.k, settings, args.calibration_steps, "cpu", seed=1)
+            head = calibrate_head(ModelRecipe(backbone, LoraSettings(rank=8), get_method("fedra")), {**global_state, **trained}, data, args.k, settings, args.calibration_steps, "cpu", seed=1)
             phases["calibrate"] = {**_status(), "seconds": time.perf_counter() - start}
             result["calibration_steps"] = args.calibration_steps
             result["calibrated_keys"] = sorted(head)
@@ -197,10 +196,10 @@ def save_global_state(backbone, path: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from fedra_core import LoraSettings, build_trainable_model, get_method, trainable_state
+    from fedra_core import LoraSettings, ModelRecipe, get_method, trainable_state
 
     torch.manual_seed(0)
-    model = build_trainable_model(backbone, range(12), LoraSettings(rank=8), get_method("fedra"))
+    model = ModelRecipe(backbone, LoraSettings(rank=8), get_method("fedra")).build(range(12))
     save_file({k: (v + 0.01 * torch.randn_like(v)).contiguous() for k, v in trainable_state(model).items()}, str(path))
 
 

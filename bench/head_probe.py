@@ -37,7 +37,7 @@ def probe(run_dir: Path, steps: int, seed: int) -> dict:
     from server_app.server_eval import ServerEvaluator
 
     cfg = load_run_config({**json.loads((run_dir / "config.json").read_text()), "server-eval-format": "dataset"})
-    evaluator = ServerEvaluator.from_config(cfg, resolve_backbone(cfg.backbone_spec()), cfg.build_method())
+    evaluator = ServerEvaluator.from_config(cfg, cfg.recipe(resolve_backbone(cfg.backbone_spec())))
     state = load_checkpoint(run_dir / "checkpoint.safetensors").global_state
     before = evaluator(state)
     model = evaluator.model()  # carries ``state`` now

@@ -134,7 +134,7 @@ def measure_model(model_name: str, capacities: list[int], rank: int, num_classes
     import torch
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-    from fedra_core import BackboneSpec, LoraSettings, build_trainable_model, get_method, resolve_backbone
+    from fedra_core import BackboneSpec, LoraSettings, ModelRecipe, get_method, resolve_backbone
     from fedra_core import state_nbytes, trainable_state
     from fedra_core.state import clone_state
     from server_app.strategy import FedRAStrategy, NodeInfo, record_nbytes
@@ -143,7 +143,7 @@ def measure_model(model_name: str, capacities: list[int], rank: int, num_classes
     backbone = resolve_backbone(BackboneSpec(name=model_name, weights="random", num_classes=num_classes))
     method = get_method("fedra")
     torch.manual_seed(0)
-    model = build_trainable_model(backbone, range(backbone.num_layers), LoraSettings(rank=rank), method)
+    model = ModelRecipe(backbone, LoraSettings(rank=rank), method).build(range(backbone.num_layers))
     initial = clone_state(trainable_state(model))
     del model
     counts = param_counts(model_name, num_classes)

@@ -54,12 +54,10 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Build the sub-model of the received blocks from the local backbone, load the received LoRA
-    state, train it (with ``head-calibration-steps``, then calibrate the head on full-depth features
-    from the rest of the global state sent read-only) and reply with the trained state, example
-    count, loss and current capacity."""
-    from fedra_core.lora import load_trainable_state, trainable_state
-    from fedra_core.trainable import build_trainable_model
-    from fedra_core.training import train_local
+    state, train it, run the method's client step (FedRA's head calibration, on the rest of the
+    global state sent read-only) and reply with the trained state, example count, loss and current
+    capacity."""
+    from fedra_core.client_round import train_client_round
 
     clock = _stopwatch()
     node = NodeRuntime.from_context(context)
@@ -68,32 +66,13 @@ def train(msg: Message, context: Context) -> Message:
     clock.lap("backbone")
     train_data = node.data.train
     clock.lap("data")
-    blocks = [int(b) for b in config[wire.BLOCKS]]
-    method, family = node.method, node.backbone.family
-    model = build_trainable_model(node.backbone, blocks, node.cfg.lora(), method, str(node.device))
-    load_trainable_state(model, msg.content[wire.ARRAYS].to_torch_state_dict())
     server_round = int(config[wire.SERVER_ROUND])
-    seed = (int(config[wire.SEED]) * 1_000_003 + server_round * 10_007 + node.seed_offset) % 2**63
-    round_config = dict(config)
-
-    def loss_fn(model, inputs, labels):
-        return method.loss(model, family, inputs, labels, round_config)
-
-    result = train_local(model, train_data, node.cfg.train_settings(), node.device, seed=seed, loss_fn=loss_fn)
-    state = {k: v.to("cpu") for k, v in trainable_state(model).items()}
-    del model
-    clock.lap("train")
-    if node.cfg.head_calibration_steps and len(blocks) < node.backbone.num_layers:
-        # FedRA option: the rest of the global state came read-only with the message (a client that
-        # holds every block already trained its head on full-depth features)
-        from fedra_core.calibration import calibrate_head
-
-        full = {**msg.content[wire.CONTEXT].to_torch_state_dict(), **state}
-        state.update(calibrate_head(
-            node.backbone, full, node.cfg.lora(), method, train_data, node.capacity, node.cfg.train_settings(),
-            node.cfg.head_calibration_steps, node.device, seed=seed + 1,
-        ))
-        clock.lap("calibrate")
+    read_only = msg.content[wire.CONTEXT].to_torch_state_dict() if wire.CONTEXT in msg.content else {}
+    state, result = train_client_round(
+        node.recipe, [int(b) for b in config[wire.BLOCKS]], msg.content[wire.ARRAYS].to_torch_state_dict(), read_only,
+        train_data, node.capacity, node.cfg.train_settings(), dict(config), node.device,
+        seed=(int(config[wire.SEED]) * 1_000_003 + server_round * 10_007 + node.seed_offset) % 2**63, lap=clock.lap,
+    )
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: result.num_examples,
@@ -121,11 +100,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     clock.lap("backbone")
     test = node.data.test
     clock.lap("data")
-    cfg = node.cfg
     blocks = [int(b) for b in config[wire.BLOCKS]] if wire.BLOCKS in config else None
     result = evaluate_global_model(
-        node.backbone, msg.content[wire.ARRAYS].to_torch_state_dict(), cfg.lora(), node.method, test,
-        node.capacity, cfg.eval_batch_size, node.device, cfg.bf16, blocks,
+        node.recipe, msg.content[wire.ARRAYS].to_torch_state_dict(), test,
+        node.capacity, node.cfg.eval_batch_size, node.device, node.cfg.bf16, blocks,
     )
     clock.lap("evaluate")
     metrics = MetricRecord(

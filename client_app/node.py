@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 from flwr.app import Context
@@ -12,8 +13,10 @@ from flwr.app import Context
 from fedra_core.backbones import Backbone, BackboneSpec, input_size, resolve_backbone
 from fedra_core.data.federation import client_shards, domains_of
 from fedra_core.data.node_data import DATA_FORMATS, NodeData, NodeDataError, NodeDataSpec, load_node_data
-from fedra_core.methods import Method
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
+
+if TYPE_CHECKING:  # built on first use: a capacity query imports no timm or peft
+    from fedra_core.trainable import ModelRecipe
 
 NODE_KEYS = (
     "data-format", "data-root", "domain", "partition-id", "num-partitions", "capacity-layers", "device",
@@ -92,9 +95,9 @@ class NodeRuntime:
         return backbone
 
     @cached_property
-    def method(self) -> Method:
-        """The run's method (what the node's training loss and model extensions are)."""
-        return self.cfg.build_method()
+    def recipe(self) -> ModelRecipe:
+        """What builds the node's models: its backbone, the run's LoRA settings and method."""
+        return self.cfg.recipe(self.backbone)
 
     @cached_property
     def data(self) -> NodeData:

@@ -20,19 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fedra_core.backbones import Backbone
 from fedra_core.evaluation import CHUNK_BATCHES, block_groups, streamed_tokens
-from fedra_core.lora import LoraSettings, canonical_key
-from fedra_core.methods import Method
+from fedra_core.lora import canonical_key
 from fedra_core.state import State
+from fedra_core.trainable import ModelRecipe
 from fedra_core.training import TrainSettings, autocast
 
 
 def calibrate_head(
-    backbone: Backbone,
+    recipe: ModelRecipe,
     state: Mapping[str, torch.Tensor],
-    lora: LoraSettings,
-    method: Method,
     dataset: Dataset,
     capacity: int,
     settings: TrainSettings,
@@ -40,7 +37,7 @@ def calibrate_head(
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> State:
-    """Train the head of the full-depth model carrying ``state`` for ``steps`` SGD steps on batches of
+    """Train the head of ``recipe``'s full-depth model carrying ``state`` for ``steps`` SGD steps on batches of
     ``dataset``, holding at most ``capacity`` blocks at a time.
 
     ``state`` is the whole global trainable state as the client sees it (its trained blocks, the
@@ -50,15 +47,15 @@ def calibrate_head(
     if steps < 1:
         raise ValueError(f"head calibration of {steps} steps: must be at least 1")
     device = torch.device(device)
-    family = backbone.family
-    trained = lora.trainable_modules(family)
-    groups = block_groups(backbone.num_layers, capacity)
+    family = recipe.family
+    trained = recipe.lora.trainable_modules(family)
+    groups = block_groups(recipe.backbone.num_layers, capacity)
     generator = torch.Generator().manual_seed(seed)
     batches = islice(DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator), steps)
     head: dict[str, torch.Tensor] = {}
     momentum: dict | None = None
     while chunk := list(islice(batches, CHUNK_BATCHES)):
-        tokens, model = streamed_tokens(backbone, {**state, **head}, lora, method, groups, [x for x, _ in chunk], device, settings.bf16)
+        tokens, model = streamed_tokens(recipe, {**state, **head}, groups, [x for x, _ in chunk], device, settings.bf16)
         names = [n for n, p in model.named_parameters() if p.requires_grad and n.split(".")[0] in trained]
         params = dict(model.named_parameters())
         for n, p in params.items():

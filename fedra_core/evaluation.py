@@ -17,10 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fedra_core.backbones import Backbone
-from fedra_core.lora import LoraSettings, load_trainable_state, trainable_state
-from fedra_core.methods import Method
-from fedra_core.trainable import build_trainable_model
+from fedra_core.lora import load_trainable_state, trainable_state
+from fedra_core.trainable import ModelRecipe
 from fedra_core.training import EvalResult, autocast, evaluate
 
 CHUNK_BATCHES = 8  # test batches that go through one group before the next group is read
@@ -36,11 +34,11 @@ def block_groups(blocks: int | Sequence[int], capacity: int) -> list[list[int]]:
 
 
 def model_with_state(
-    backbone: Backbone, blocks: Sequence[int], state: Mapping[str, torch.Tensor], lora: LoraSettings,
-    method: Method, device: str | torch.device = "cpu",
+    recipe: ModelRecipe, blocks: Sequence[int], state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
 ) -> nn.Module:
-    """Build the sub-model of ``blocks`` and load its part of the global trainable ``state``; return it."""
-    model = build_trainable_model(backbone, blocks, lora, method, str(device))
+    """Build the sub-model of ``blocks`` from ``recipe`` and load its part of the global trainable
+    ``state``; return it in eval mode."""
+    model = recipe.build(blocks, str(device))
     keys = list(trainable_state(model))
     missing = [k for k in keys if k not in state]
     if missing:
@@ -51,10 +49,8 @@ def model_with_state(
 
 @torch.no_grad()
 def streamed_tokens(
-    backbone: Backbone,
+    recipe: ModelRecipe,
     state: Mapping[str, torch.Tensor],
-    lora: LoraSettings,
-    method: Method,
     groups: Sequence[Sequence[int]],
     inputs: Sequence[torch.Tensor],
     device: torch.device,
@@ -65,12 +61,12 @@ def streamed_tokens(
 
     Returns the last block's tokens per batch and the last group's model (it carries the head).
     """
-    family = backbone.family
+    family = recipe.family
     hidden = [x.to(device) for x in inputs]
     model: nn.Module | None = None
     for g, blocks in enumerate(groups):
         model = None  # the previous group is freed before the next is read
-        model = model_with_state(backbone, blocks, state, lora, method, device)
+        model = model_with_state(recipe, blocks, state, device)
         with autocast(device, bf16):
             for i, h in enumerate(hidden):
                 hidden[i] = family.run_blocks(model, family.embed(model, h) if g == 0 else h)
@@ -80,10 +76,8 @@ def streamed_tokens(
 
 @torch.no_grad()
 def evaluate_global_model(
-    backbone: Backbone,
+    recipe: ModelRecipe,
     state: Mapping[str, torch.Tensor],
-    lora: LoraSettings,
-    method: Method,
     dataset: Dataset,
     capacity: int,
     batch_size: int = 256,
@@ -91,17 +85,18 @@ def evaluate_global_model(
     bf16: bool = False,
     blocks: Sequence[int] | None = None,
 ) -> EvalResult:
-    """Return accuracy, mean loss, example and correct counts of the global model (its ``blocks``, all
-    by default) on ``dataset``, holding at most ``capacity`` blocks at a time."""
+    """Return accuracy, mean loss, example and correct counts of the global model of ``recipe`` (its
+    ``blocks``, all by default) carrying ``state`` on ``dataset``, holding at most ``capacity``
+    blocks at a time."""
     device = torch.device(device)
-    family = backbone.family
-    groups = block_groups(backbone.num_layers if blocks is None else blocks, capacity)
+    family = recipe.family
+    groups = block_groups(recipe.backbone.num_layers if blocks is None else blocks, capacity)
     if len(groups) == 1:
-        return evaluate(model_with_state(backbone, groups[0], state, lora, method, device), dataset, batch_size, device, bf16)
+        return evaluate(model_with_state(recipe, groups[0], state, device), dataset, batch_size, device, bf16)
     correct, total, loss_sum = 0, 0, 0.0
     batches = iter(DataLoader(dataset, batch_size=batch_size, shuffle=False))
     while chunk := list(islice(batches, CHUNK_BATCHES)):
-        hidden, model = streamed_tokens(backbone, state, lora, method, groups, [x for x, _ in chunk], device, bf16)
+        hidden, model = streamed_tokens(recipe, state, groups, [x for x, _ in chunk], device, bf16)
         with autocast(device, bf16):
             hidden = [family.head(model, h).float() for h in hidden]
         del model

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from fedra_core.backbones import BackboneSpec
+from fedra_core.backbones import Backbone, BackboneSpec
 from fedra_core.data.federation import DataSpec
 from fedra_core.data.node_data import LabelSpace
 from fedra_core.lora import LoraSettings
-from fedra_core.methods import Method, MethodSettings, get_method, method_names
-from fedra_core.methods.base import ALLOCATIONS
+from fedra_core.methods import Method, MethodConfig, get_method, method_class, method_knobs, method_names
+from fedra_core.settings_model import SettingsModel, one_line
 from fedra_core.training import TrainSettings
+
+if TYPE_CHECKING:
+    from fedra_core.trainable import ModelRecipe
 
 
 class ConfigError(ValueError):
@@ -40,18 +43,20 @@ def _parse_int_list(value: Any, key: str) -> list[int]:
     return out
 
 
-_LORA, _TRAIN, _METHOD = LoraSettings(), TrainSettings(), MethodSettings()  # the engine's defaults, defined once
+_LORA, _TRAIN = LoraSettings(), TrainSettings()  # the engine's defaults, defined once
 
 
-class RunConfig(BaseModel):
-    """Validated run configuration (keys are the kebab-case names of pyproject's ``[tool.flwr.app.config]``)."""
+class RunConfig(SettingsModel):
+    """Validated run configuration (keys are the kebab-case names of pyproject's ``[tool.flwr.app.config]``).
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+    A method's knobs are not fields here: each method declares them in its own ``config_class``
+    (:mod:`fedra_core.methods`). Their keys are gathered into ``method-options`` and validated by
+    every registered method's class; :attr:`method_config` is the chosen method's.
+    """
 
-    method: str = _METHOD.name
+    method: str = "fedra"
+    method_options: dict[str, Any] = Field(default_factory=dict, alias="method-options", exclude=True)
     num_server_rounds: int = Field(20, alias="num-server-rounds", ge=1)
-    allocation: Literal[ALLOCATIONS] = _METHOD.allocation  # type: ignore[valid-type]  (the one list of policies)
-    head_calibration_steps: int = Field(_METHOD.head_calibration_steps, alias="head-calibration-steps", ge=0)
     capacities: list[int] = Field(default_factory=lambda: [12, 10, 8, 6, 4, 3])
     backbone: str = "demo-vit"
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict, alias="backbone-kwargs")
@@ -80,9 +85,6 @@ class RunConfig(BaseModel):
     local_epochs: int = Field(_TRAIN.local_epochs, alias="local-epochs", ge=1)
     local_steps: int = Field(0, alias="local-steps", ge=0)
     aggregation: Literal["uniform", "examples"] = "uniform"
-    depthfl_every: int = Field(_METHOD.depthfl_every, alias="depthfl-every", ge=1)
-    depthfl_ramp_rounds: int = Field(_METHOD.depthfl_ramp_rounds, alias="depthfl-ramp-rounds", ge=0)
-    inclusivefl_beta: float = Field(_METHOD.inclusivefl_beta, alias="inclusivefl-beta", ge=0, le=1)
     eval_every: int = Field(1, alias="eval-every", ge=0)
     eval_batch_size: int = Field(256, alias="eval-batch-size", ge=1)
     eval_max_examples: int = Field(0, alias="eval-max-examples", ge=0)
@@ -100,14 +102,18 @@ class RunConfig(BaseModel):
     round_timeout: float = Field(3600.0, alias="round-timeout", gt=0)
     query_timeout: float = Field(60.0, alias="query-timeout", gt=0)
     bf16: bool = _TRAIN.bf16
+    _method_config: MethodConfig = PrivateAttr()
+    _knobs: dict[str, Any] = PrivateAttr()  # every method's knobs, validated, by run-config key
 
-    @field_validator("*", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic's lax mode reads true as 1 for a number; a boolean where a number belongs is a mistake
-        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
-            raise ValueError("must be a number, not a boolean")
-        return value
+    def _gather_method_knobs(cls, values: Any) -> Any:
+        if not isinstance(values, Mapping):
+            return values
+        values, knobs = dict(values), method_knobs()
+        options = dict(values.pop("method-options", values.pop("method_options", None)) or {})
+        options.update({key: values.pop(key) for key in list(values) if key in knobs})
+        return {**values, "method-options": options}
 
     @field_validator("run_name")
     @classmethod
@@ -163,14 +169,56 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"config key 'class-names' lists {len(self.class_names)} names but 'num-classes' = {self.num_classes}: give one name per class"
             )
-        if self.head_calibration_steps and self.method != "fedra":
-            raise ValueError(
-                f"config key 'head-calibration-steps' = {self.head_calibration_steps} is a FedRA option; "
-                f"method '{self.method}' does not use it (set it to 0)"
-            )
+        self._method_config = self._check_method_options()
         if self.server_eval_format == "imagefolder" and not self.server_eval_root:
             raise ValueError("config key 'server-eval-root' is empty: server-eval-format 'imagefolder' needs the folder of the held-out set")
         return self
+
+    def _check_method_options(self) -> MethodConfig:
+        """Validate every method's knobs; return the chosen method's. A knob of another method must
+        keep its default (pyproject lists them all)."""
+        owners = method_knobs()
+        chosen: MethodConfig | None = None
+        self._knobs = {}
+        for name in method_names():
+            cls = method_class(name).config_class
+            given = {k: v for k, v in self.method_options.items() if owners.get(k) == name}
+            try:
+                options = cls.model_validate(given)
+            except ValidationError as exc:
+                raise ValueError(one_line(exc)) from None
+            self._knobs.update(options.model_dump(by_alias=True))
+            if name == self.method:
+                chosen = options
+                continue
+            default = cls()
+            for key, field in cls.model_fields.items():
+                if getattr(options, key) != getattr(default, key):
+                    raise ValueError(
+                        f"config key '{field.alias or key}' = {getattr(options, key)!r} is an option of method '{name}'; "
+                        f"method '{self.method}' does not use it (leave it at its default {getattr(default, key)!r})"
+                    )
+        unknown = sorted(set(self.method_options) - set(owners))
+        if unknown:
+            raise ValueError(f"unknown config key {unknown[0]!r}")
+        assert chosen is not None, "the method was validated against the registry"
+        return chosen
+
+    @property
+    def method_config(self) -> MethodConfig:
+        """The chosen method's validated knobs."""
+        return self._method_config
+
+    def as_dict(self, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Return the validated config by pyproject's flat keys, every method's knobs included (what
+        a run folder's config.json holds), without the keys in ``exclude``."""
+        out = {**self.model_dump(by_alias=True), **self._knobs}
+        return {k: v for k, v in out.items() if k not in exclude}
+
+    @classmethod
+    def all_keys(cls) -> tuple[str, ...]:
+        """Return every run-config key: the run's own and every registered method's knobs."""
+        return tuple(k for k in cls.keys() if k != "method-options") + tuple(method_knobs())
 
     # --- conversions to the engine's settings -------------------------------------------------
     def backbone_spec(self, weights_override: str | None = None) -> BackboneSpec:
@@ -209,21 +257,16 @@ class RunConfig(BaseModel):
         """Return the LoRA settings."""
         return LoraSettings(self.lora_rank, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets) or None, self.train_norm)
 
-    def method_settings(self) -> MethodSettings:
-        """Return the method settings."""
-        return MethodSettings(
-            name=self.method,
-            allocation=self.allocation,
-            head_calibration_steps=self.head_calibration_steps,
-            depthfl_every=self.depthfl_every,
-            depthfl_ramp_rounds=self.depthfl_ramp_rounds,
-            inclusivefl_beta=self.inclusivefl_beta,
-            num_rounds=self.num_server_rounds,
-        )
-
     def build_method(self) -> Method:
-        """Return a new object of the run's method with its knobs."""
-        return get_method(self.method_settings())
+        """Return a new object of the run's method with its knobs and the run's length."""
+        return get_method(self.method, self.method_config, self.num_server_rounds)
+
+    def recipe(self, backbone: Backbone, method: Method | None = None) -> ModelRecipe:
+        """Return the recipe of the run's trainable models on ``backbone`` (a new method object
+        unless ``method`` is given: a server keeps its method's state across rounds)."""
+        from fedra_core.trainable import ModelRecipe  # timm and peft only where models are built
+
+        return ModelRecipe(backbone, self.lora(), method if method is not None else self.build_method())
 
     def train_settings(self) -> TrainSettings:
         """Return the local training settings."""
@@ -245,21 +288,6 @@ class RunConfig(BaseModel):
                 raise ConfigError(f"config key 'capacities': capacity {k} is outside 1..{num_layers} (the backbone's depth)")
 
 
-def _one_line(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "config"
-        value = err.get("input")
-        msg = err["msg"].removeprefix("Value error, ")
-        if not err["loc"]:  # a check across keys: its message names them
-            parts.append(msg)
-        elif err["type"] == "extra_forbidden":
-            parts.append(f"unknown config key {key!r}")
-        else:
-            parts.append(f"config key {key!r} = {value!r}: {msg}")
-    return "; ".join(parts)
-
-
 def load_run_config(values: Mapping[str, Any]) -> RunConfig:
     """Validate a Flower run config (or any mapping with the kebab-case keys) into a :class:`RunConfig`.
 
@@ -268,5 +296,5 @@ def load_run_config(values: Mapping[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(dict(values))
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line(exc)) from None
 

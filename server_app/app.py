@@ -18,10 +18,9 @@ from flwr.superlink.grid.http_grid import HttpGrid
 from fedra_core.backbones import Backbone, resolve_backbone
 from fedra_core.data.federation import domains_of
 from fedra_core.lora import export_peft_adapter, trainable_state
-from fedra_core.methods import Method
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 from fedra_core.state import State, clone_state
-from fedra_core.trainable import build_trainable_model
+from fedra_core.trainable import ModelRecipe
 from server_app import outputs
 from server_app.checkpoint import CHECKPOINT_NAME, ServerState, load_checkpoint, save_checkpoint
 from server_app.discovery import NodeDiscovery
@@ -55,7 +54,7 @@ def setup_logging() -> None:
         log.propagate = False
 
 
-def prepare(cfg: RunConfig) -> tuple[Backbone, Method, State, ServerEvaluator | None]:
+def prepare(cfg: RunConfig) -> tuple[ModelRecipe, State, ServerEvaluator | None]:
     """Resolve the backbone and the method, build the seeded initial global state and, when asked,
     the server-side evaluator. The server opens no dataset unless ``server-eval-format`` is set.
 
@@ -70,26 +69,26 @@ def prepare(cfg: RunConfig) -> tuple[Backbone, Method, State, ServerEvaluator | 
         domains_of(cfg.data_spec())  # names only: the server opens no dataset
     except ValueError as exc:
         raise ConfigError(f"config key 'domains' = {cfg.domains!r}: {exc}") from None
-    method = cfg.build_method()
+    recipe = cfg.recipe(backbone)
     torch.manual_seed(cfg.seed)
     try:
-        model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), method)
+        model = recipe.build(range(backbone.num_layers))
     except ValueError as exc:  # peft: a target module the backbone lacks
         raise ConfigError(f"config key 'lora-targets' = {','.join(cfg.lora_targets)!r}: {' '.join(str(exc).split())}") from None
     initial = clone_state(trainable_state(model))
-    server_eval = ServerEvaluator.from_config(cfg, backbone, method) if cfg.server_eval_format else None
-    return backbone, method, initial, server_eval
+    server_eval = ServerEvaluator.from_config(cfg, recipe) if cfg.server_eval_format else None
+    return recipe, initial, server_eval
 
 
 @dataclass
 class Federation:
-    """One run's moving parts: its validated config, backbone, method, strategy, node discovery, the
-    optional server-side evaluator, the run folder and the reasons of the replies left out this round."""
+    """One run's moving parts: its validated config, model recipe (backbone, LoRA, method), strategy,
+    node discovery, the optional server-side evaluator, the run folder and the reasons of the replies
+    left out this round."""
 
     grid: Grid
     cfg: RunConfig
-    backbone: Backbone
-    method: Method
+    recipe: ModelRecipe
     strategy: FedRAStrategy
     discover: NodeDiscovery
     server_eval: ServerEvaluator | None
@@ -114,10 +113,10 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
     else:
         start(fed, global_state)
         first_round = 1
-    (fed.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(by_alias=True), indent=2))
+    (fed.run_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2))
     for server_round in range(first_round, cfg.num_server_rounds + 1):
         global_state = train_round(fed, server_round, global_state)
-    finish(fed.run_dir, cfg, fed.backbone, global_state)
+    finish(fed.run_dir, cfg, fed.recipe.backbone, global_state)
     if all(r.get("skipped", True) for r in outputs.read_metrics(fed.run_dir) if r["round"] > 0):
         raise RunError(
             f"every round of {fed.run_dir} was skipped (fewer accepted replies than min-replies = {cfg.min_replies}; "
@@ -129,10 +128,11 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
 def set_up(grid: Grid, cfg: RunConfig) -> tuple[Federation, State]:
     """Resolve everything a run needs (:func:`prepare`), choose its folder and build its strategy;
     return the federation and the seeded initial global state."""
-    backbone, method, global_state, server_eval = prepare(cfg)
+    recipe, global_state, server_eval = prepare(cfg)
+    backbone = recipe.backbone
     left_out: dict[str, dict[str, str]] = {"train": {}, "evaluate": {}}
     strategy = FedRAStrategy(
-        method=method,
+        method=recipe.method,
         num_layers=backbone.num_layers,
         fingerprint=backbone.fingerprint,
         seed=cfg.seed,
@@ -146,7 +146,7 @@ def set_up(grid: Grid, cfg: RunConfig) -> tuple[Federation, State]:
         share_eval_sets=not isinstance(grid, HttpGrid),
     )
     strategy.summary()
-    fed = Federation(grid, cfg, backbone, method, strategy, NodeDiscovery(cfg.query_timeout), server_eval,
+    fed = Federation(grid, cfg, recipe, strategy, NodeDiscovery(cfg.query_timeout), server_eval,
                      _run_dir(cfg), left_out)
     return fed, global_state
 
@@ -156,14 +156,14 @@ def resume(fed: Federation, initial: State) -> tuple[State, int]:
     the config); restore the method's state and the nodes' capacities; return (global state, the
     first round to run)."""
     saved = load_checkpoint(fed.checkpoint, expected=initial)
-    if saved.info.get("fingerprint") != fed.backbone.fingerprint:
+    if saved.info.get("fingerprint") != fed.recipe.backbone.fingerprint:
         raise ConfigError(f"resume: checkpoint {fed.checkpoint} was made with another backbone")
     if saved.info.get("config") != _resumable_config(fed.cfg):
         raise ConfigError(
             f"resume: checkpoint {fed.checkpoint} was made with another config; only num-server-rounds, "
             "round-timeout and query-timeout may change on resume"
         )
-    fed.method.load_state_dict(saved.method_state)
+    fed.recipe.method.load_state_dict(saved.method_state)
     fed.discover.restored = dict(saved.info.get("capacities", {}))
     outputs.truncate_metrics(fed.run_dir, saved.round)
     log.info("resuming %s after round %d", fed.run_dir, saved.round)
@@ -200,7 +200,7 @@ def train_round(fed: Federation, server_round: int, global_state: State) -> Stat
         "round": server_round,
         "seconds": round(time.perf_counter() - begin, 3),
         **evaluation,
-        **outputs.train_record(metrics, strategy.nodes, fed.left_out["train"], fed.backbone.num_layers),
+        **outputs.train_record(metrics, strategy.nodes, fed.left_out["train"], fed.recipe.backbone.num_layers),
     }
     _log_record(fed.run_dir, record, cfg.num_server_rounds)
     save_checkpoint(
@@ -208,9 +208,9 @@ def train_round(fed: Federation, server_round: int, global_state: State) -> Stat
         ServerState(
             round=server_round,
             global_state=global_state,
-            method_state=fed.method.state_dict(),
+            method_state=fed.recipe.method.state_dict(),
             info={
-                "fingerprint": fed.backbone.fingerprint,
+                "fingerprint": fed.recipe.backbone.fingerprint,
                 "config": _resumable_config(cfg),
                 "capacities": {str(n.node_id): n.capacity for n in strategy.nodes.values()},
             },
@@ -283,7 +283,7 @@ def evaluate_round(
 
 def _resumable_config(cfg: RunConfig) -> dict:
     """The config keys that must not change between a run and its resumption."""
-    return cfg.model_dump(by_alias=True, exclude={"resume", "num_server_rounds", "round_timeout", "query_timeout"})
+    return cfg.as_dict(exclude=("resume", "num-server-rounds", "round-timeout", "query-timeout"))
 
 
 def _log_record(run_dir: Path, record: dict, num_rounds: int) -> None:
@@ -309,7 +309,7 @@ def finish(run_dir: Path, cfg: RunConfig, backbone: Backbone, global_state: Stat
     """Write the final adapter, summary.md and plots, and print the per-domain table."""
     export_peft_adapter(global_state, backbone, cfg.lora(), run_dir / "adapter")
     records = outputs.read_metrics(run_dir)
-    outputs.write_summary(run_dir, cfg.model_dump(by_alias=True), records)
+    outputs.write_summary(run_dir, cfg.as_dict(), records)
     outputs.write_plots(run_dir, records, backbone.num_layers)
     log.info("per-domain top-1 accuracy (%%) of the global model:\n%s", outputs.per_domain_table([records[0], records[-1]]))
     log.info("outputs in %s", run_dir.resolve())

@@ -15,14 +15,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from fedra_core.backbones import Backbone, input_size
+from fedra_core.backbones import input_size
 from fedra_core.data.federation import test_sets
 from fedra_core.data.node_data import NodeDataError, imagefolder_split
-from fedra_core.lora import LoraSettings, load_trainable_state, trainable_state
-from fedra_core.methods import Method
+from fedra_core.lora import load_trainable_state, trainable_state
 from fedra_core.run_config import ConfigError, RunConfig
 from fedra_core.state import State
-from fedra_core.trainable import build_trainable_model
+from fedra_core.trainable import ModelRecipe
 from fedra_core.training import EvalResult, evaluate
 
 
@@ -31,9 +30,7 @@ class ServerEvaluator:
     """The global model on the server's device and the held-out test sets, by name; the model is
     built for the blocks the method evaluates and kept until other blocks are asked for."""
 
-    backbone: Backbone
-    lora: LoraSettings
-    method: Method
+    recipe: ModelRecipe
     test: dict[str, Dataset]
     batch_size: int
     bf16: bool
@@ -42,8 +39,9 @@ class ServerEvaluator:
     _model: torch.nn.Module | None = None
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, backbone: Backbone, method: Method) -> "ServerEvaluator":
-        """Build the evaluator of ``cfg``'s server-eval settings; ConfigError names a bad value."""
+    def from_config(cls, cfg: RunConfig, recipe: ModelRecipe) -> "ServerEvaluator":
+        """Build the evaluator of ``cfg``'s server-eval settings for the models of ``recipe``;
+        ConfigError names a bad value."""
         device = server_device(cfg.server_device)
         if cfg.server_eval_format == "dataset":
             test = test_sets(cfg.data_spec(), cfg.eval_max_examples)
@@ -52,7 +50,7 @@ class ServerEvaluator:
             where = f"config key 'server-eval-root' = '{root}'"
             if not (root / "test").is_dir():
                 raise ConfigError(f"{where}: no test/ folder (expected {root}/test/<class>/*.png)")
-            size = input_size(backbone.spec)
+            size = input_size(recipe.backbone.spec)
             try:
                 split = imagefolder_split(root, "test", cfg.label_space(), size, where)
             except NodeDataError as exc:
@@ -60,14 +58,14 @@ class ServerEvaluator:
             if len(split) == 0:
                 raise ConfigError(f"{where}: test/ holds no image in a class folder")
             test = {root.name: split}
-        return cls(backbone, cfg.lora(), method, test, cfg.eval_batch_size, cfg.bf16, device)
+        return cls(recipe, test, cfg.eval_batch_size, cfg.bf16, device)
 
     def model(self, blocks: Sequence[int] | None = None) -> torch.nn.Module:
         """Return the evaluator's model of ``blocks`` (all by default), built on first use and kept; it
         carries the state last evaluated with it."""
-        key = tuple(range(self.backbone.num_layers) if blocks is None else blocks)
+        key = tuple(range(self.recipe.backbone.num_layers) if blocks is None else blocks)
         if self._model is None or key != self._blocks:
-            self._blocks, self._model = key, build_trainable_model(self.backbone, key, self.lora, self.method, str(self.device))
+            self._blocks, self._model = key, self.recipe.build(key, str(self.device))
         return self._model
 
     def results(self, state: State, blocks: Sequence[int] | None = None) -> dict[str, EvalResult]:

@@ -13,13 +13,13 @@ NODES = {101: {"partition-id": 0}, 102: {"partition-id": 1}, 103: {"partition-id
 
 def initial_global_state(run_config: dict) -> dict[str, torch.Tensor]:
     """The global state before round 1, rebuilt here the way the server documents it."""
-    from fedra_core import build_trainable_model, resolve_backbone, trainable_state
+    from fedra_core import resolve_backbone, trainable_state
     from fedra_core.run_config import load_run_config
 
     cfg = load_run_config(run_config)
     backbone = resolve_backbone(cfg.backbone_spec())
     torch.manual_seed(cfg.seed)
-    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.build_method())
+    model = cfg.recipe(backbone).build(range(backbone.num_layers))
     return {k: v.clone() for k, v in trainable_state(model).items()}
 
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fedra_core import BackboneSpec, LoraSettings, build_trainable_model, get_method, resolve_backbone, trainable_state
+from fedra_core import BackboneSpec, LoraSettings, ModelRecipe, get_method, resolve_backbone, trainable_state
 from fedra_core.backbones import Backbone
 from fedra_core.lora import export_peft_adapter, load_trainable_state
 
@@ -48,7 +48,7 @@ def readme_recipe() -> str:
 def tuned_model(backbone: Backbone) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """Return the project's full model of ``backbone`` with a non-zero trainable state, and that state."""
     torch.manual_seed(3)
-    model = build_trainable_model(backbone, range(backbone.num_layers), LoraSettings(), get_method("fedra"))
+    model = ModelRecipe(backbone, LoraSettings(), get_method("fedra")).build(range(backbone.num_layers))
     state = {k: v + 0.05 * torch.randn_like(v) for k, v in trainable_state(model).items()}  # LoRA B non-zero
     load_trainable_state(model, state)
     return model.eval(), state

@@ -66,7 +66,7 @@ def test_variants_cover_every_method_and_the_options() -> None:
 def test_every_benchmark_config_is_a_valid_run_config(setting: str, tmp_path: Path) -> None:
     from fedra_core.run_config import RunConfig
 
-    known = {field.alias or name for name, field in RunConfig.model_fields.items()}
+    known = set(RunConfig.all_keys())
     for assignment in accuracy.ASSIGNMENTS:
         for row, variant in accuracy.VARIANTS.items():
             cfg = accuracy.run_config(setting, assignment, row, 1, DIGITS_DOMAINS, tmp_path,
@@ -113,7 +113,7 @@ def test_extreme_shows_the_feature_settings_alllarge_and_allsmall_runs(tmp_path:
 
 def test_finished_runs_are_reused_only_with_the_same_config(tmp_path: Path) -> None:
     cfg = accuracy.run_config("feature-label", "paper", "depthfl-ref-ramp", 0, DIGITS_DOMAINS, tmp_path)
-    saved = load_run_config(cfg).model_dump(by_alias=True)  # what the server writes to config.json
+    saved = load_run_config(cfg).as_dict()  # what the server writes to config.json
     assert accuracy.stale_keys(cfg, saved) == []
     assert accuracy.stale_keys(cfg, {**saved, "num-server-rounds": 10}) == ["num-server-rounds"]
     run_dir = tmp_path / cfg["run-name"]
@@ -229,7 +229,7 @@ def test_head_probe_rebuilds_the_runs_final_model(tmp_path: Path) -> None:
     backbone = resolve_backbone(cfg.backbone_spec())
     state = {**load_checkpoint(run_dir / "checkpoint.safetensors").global_state,
              **{f"head.{k}": v for k, v in result["_head"].items()}}
-    model = model_with_state(backbone, range(12), state, cfg.lora(), cfg.build_method())
+    model = model_with_state(cfg.recipe(backbone), range(12), state)
     by_hand = {}
     with torch.no_grad():
         for domain, data in test_sets(cfg.data_spec(), cfg.eval_max_examples).items():

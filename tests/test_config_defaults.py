@@ -16,13 +16,13 @@ def _app_config() -> dict:
         return tomllib.load(f)["tool"]["flwr"]["app"]["config"]
 
 
-def test_pyproject_lists_every_key_of_the_config_model():
-    aliases = {field.alias or name for name, field in RunConfig.model_fields.items()}
-    assert set(_app_config()) == aliases
+def test_pyproject_lists_every_key_of_the_config_model_and_every_method_knob():
+    assert set(_app_config()) == set(RunConfig.all_keys())
+    assert {"allocation", "head-calibration-steps", "depthfl-every", "inclusivefl-beta"} <= set(_app_config())
 
 
 def test_pyproject_values_are_the_model_defaults():
-    from_pyproject = load_run_config(_app_config()).model_dump(by_alias=True)
-    defaults = RunConfig().model_dump(by_alias=True)
+    from_pyproject = load_run_config(_app_config()).as_dict()
+    defaults = RunConfig().as_dict()
     differing = {k: (from_pyproject[k], defaults[k]) for k in defaults if from_pyproject[k] != defaults[k]}
     assert differing == {}

@@ -140,13 +140,13 @@ def _tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
 
 def _initial_global_state(run_config: dict) -> dict[str, torch.Tensor]:
     """The global state before round 1, rebuilt the way the server builds it (seed, then full model)."""
-    from fedra_core import build_trainable_model, resolve_backbone, trainable_state
+    from fedra_core import resolve_backbone, trainable_state
     from fedra_core.run_config import load_run_config
 
     cfg = load_run_config(run_config)
     backbone = resolve_backbone(cfg.backbone_spec())
     torch.manual_seed(cfg.seed)
-    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.build_method())
+    model = cfg.recipe(backbone).build(range(backbone.num_layers))
     return {k: v.detach().cpu().clone() for k, v in trainable_state(model).items()}
 
 

@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 from app_helpers import TINY_RUN, write_imagefolder
 from client_app.app import app as client_app
 from conftest import TINY_VIT
-from fedra_core import LoraSettings, build_trainable_model, get_method, trainable_state
+from fedra_core import LoraSettings, ModelRecipe, get_method, trainable_state
 from fedra_core.evaluation import block_groups, evaluate_global_model
 from runners.local import InProcessGrid
 from server_app.app import run_federation
@@ -37,7 +37,7 @@ def test_block_groups_cut_the_depth_into_consecutive_groups():
 def _global_state(backbone, method=None):
     method = method or get_method("fedra")
     torch.manual_seed(1)
-    model = build_trainable_model(backbone, range(backbone.num_layers), LoraSettings(), method)
+    model = ModelRecipe(backbone, LoraSettings(), method).build(range(backbone.num_layers))
     state = {k: v.clone() for k, v in trainable_state(model).items()}
     for k in state:  # LoRA B starts at zero: give every adapter an effect
         state[k] = state[k] + 0.05 * torch.randn_like(state[k])
@@ -73,10 +73,10 @@ def test_streamed_evaluation_equals_the_plain_full_model(tiny_vit, capacity):
     correct = int((logits.argmax(1) == labels).sum())
     loss = float(torch.nn.functional.cross_entropy(logits, labels))
     # batch 16 -> chunks of 8 batches: the 70 images take two chunks, each group is read twice
-    got = evaluate_global_model(tiny_vit, state, LoraSettings(), get_method("fedra"), TensorDataset(images, labels), capacity, 16)
+    got = evaluate_global_model(ModelRecipe(tiny_vit, LoraSettings(), get_method("fedra")), state, TensorDataset(images, labels), capacity, 16)
     assert got.num_examples == 70 and got.correct == correct and got.accuracy == correct / 70
     assert math.isclose(got.loss, loss, rel_tol=1e-5)
-    full = evaluate_global_model(tiny_vit, state, LoraSettings(), get_method("fedra"), TensorDataset(images, labels), 12, 16)
+    full = evaluate_global_model(ModelRecipe(tiny_vit, LoraSettings(), get_method("fedra")), state, TensorDataset(images, labels), 12, 16)
     assert (got.correct, got.loss) == (full.correct, full.loss)  # to the last digit
 
 
@@ -84,8 +84,8 @@ def test_streamed_evaluation_of_depthfl_uses_the_final_head(tiny_vit):
     method = get_method("depthfl")
     state = _global_state(tiny_vit, method)
     data = TensorDataset(torch.randn(20, 3, 28, 28), torch.randint(0, 10, (20,)))
-    a = evaluate_global_model(tiny_vit, state, LoraSettings(), method, data, 4, 8)
-    b = evaluate_global_model(tiny_vit, state, LoraSettings(), method, data, 12, 8)
+    a = evaluate_global_model(ModelRecipe(tiny_vit, LoraSettings(), method), state, data, 4, 8)
+    b = evaluate_global_model(ModelRecipe(tiny_vit, LoraSettings(), method), state, data, 12, 8)
     assert (a.correct, a.loss) == (b.correct, b.loss)
 
 

@@ -17,10 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from app_helpers import run_inprocess, train_messages
 from conftest import TINY_VIT
-from fedra_core import LoraSettings, build_trainable_model, get_method, trainable_state
+from fedra_core import LoraSettings, ModelRecipe, get_method, trainable_state
 from fedra_core.allocation import last_block_allocation
 from fedra_core.calibration import calibrate_head
-from fedra_core.methods import MethodSettings
 from fedra_core.run_config import load_run_config
 from fedra_core.training import TrainSettings
 
@@ -47,7 +46,7 @@ def _plain_model(backbone_path, state, depth: int) -> torch.nn.Module:
 
 def _random_global_state(backbone, seed: int = 1) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    model = build_trainable_model(backbone, range(backbone.num_layers), LoraSettings(), get_method("fedra"))
+    model = ModelRecipe(backbone, LoraSettings(), get_method("fedra")).build(range(backbone.num_layers))
     return {k: v.clone() + 0.05 * torch.randn_like(v) for k, v in trainable_state(model).items()}
 
 
@@ -73,7 +72,7 @@ def test_last_block_allocation_draws_the_other_blocks_uniformly():
 def test_unknown_allocation_and_calibration_of_another_method_are_one_line_config_errors():
     with pytest.raises(ValueError, match="allocation"):
         load_run_config({"allocation": "greedy"})
-    with pytest.raises(ValueError, match="'head-calibration-steps' = 4 is a FedRA option; method 'depthfl'"):
+    with pytest.raises(ValueError, match="'head-calibration-steps' = 4 is an option of method 'fedra'; method 'depthfl' does not use it"):
         load_run_config({"method": "depthfl", "head-calibration-steps": 4})
 
 
@@ -99,7 +98,7 @@ def test_depthfl_ramp_spans_the_run_by_default_and_follows_the_reference_when_as
     reference = load_run_config({"method": "depthfl", "num-server-rounds": 10, "depthfl-ramp-rounds": 500}).build_method()
     assert reference.round_config(10)["distill-weight"] == pytest.approx(math.exp(-5 * 0.98**2))  # 0.008
     with pytest.raises(ValueError, match="num_rounds"):
-        get_method(MethodSettings(name="depthfl")).round_config(1)
+        get_method("depthfl").round_config(1)
 
 
 @pytest.mark.slow
@@ -132,7 +131,7 @@ def test_head_calibration_equals_head_training_on_the_plain_full_model(tiny_vit,
     gen = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(40, 3, 28, 28, generator=gen), torch.randint(0, 10, (40,), generator=gen))
     settings = TrainSettings(lr=0.1, momentum=0.9, weight_decay=1e-4, clip_norm=10.0, batch_size=8)
-    got = calibrate_head(tiny_vit, state, LoraSettings(), get_method("fedra"), data, capacity, settings, steps=3, seed=7)
+    got = calibrate_head(ModelRecipe(tiny_vit, LoraSettings(), get_method("fedra")), state, data, capacity, settings, steps=3, seed=7)
     assert set(got) == {"head.weight", "head.bias"}  # the final norm is frozen by default
 
     # by hand: full-depth features of the plain model, a linear head trained with SGD (momentum, decay, clip)

@@ -127,7 +127,7 @@ BAD_CONFIGS = [
     ({"aggregation": "median"}, "config key 'aggregation' = 'median'"),
     ({"allocation": "greedy"}, "config key 'allocation' = 'greedy': Input should be 'random', 'cover' or 'last'"),
     ({"head-calibration-steps": -1}, "config key 'head-calibration-steps' = -1"),
-    ({"method": "allsmall", "head-calibration-steps": 8}, "is a FedRA option; method 'allsmall' does not use it"),
+    ({"method": "allsmall", "head-calibration-steps": 8}, "is an option of method 'fedra'; method 'allsmall' does not use it"),
     ({"lora-dropout": 1.5}, "config key 'lora-dropout' = 1.5"),
     ({"backbone-kwargs": "{depth: 12}"}, "config key 'backbone-kwargs' = '{depth: 12}': must be a JSON object"),
     ({"typo-key": 1}, "unknown config key 'typo-key'"),

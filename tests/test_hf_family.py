@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from fedra_core import BackboneSpec, LoraSettings, build_submodel, build_trainable_model, get_method, resolve_backbone, trainable_state
+from fedra_core import BackboneSpec, LoraSettings, build_submodel, ModelRecipe, get_method, resolve_backbone, trainable_state
 from fedra_core.backbones import create_skeleton, frozen_keys
 from fedra_core.data.federation import DataSpec
 from fedra_core.data.node_data import LabelSpace, NodeDataError, NodeDataSpec, load_node_data
@@ -229,7 +229,7 @@ def test_unsupported_checkpoints_are_refused_with_the_reason(tmp_path, checkpoin
 
 def _global_state(backbone, seed=1):
     torch.manual_seed(seed)
-    model = build_trainable_model(backbone, range(backbone.num_layers), LoraSettings(), get_method("fedra"))
+    model = ModelRecipe(backbone, LoraSettings(), get_method("fedra")).build(range(backbone.num_layers))
     return {k: v + 0.05 * torch.randn_like(v) for k, v in trainable_state(model).items()}  # LoRA B non-zero
 
 
@@ -238,8 +238,8 @@ def test_streamed_evaluation_carries_the_mask_between_groups(tiny_bert, capacity
     state = _global_state(tiny_bert)
     ids = token_batch(n=21, length=9, seed=3)
     data = TensorDataset(ids, torch.randint(0, NUM_CLASSES, (21,), generator=torch.Generator().manual_seed(0)))
-    full = evaluate_global_model(tiny_bert, state, LoraSettings(), get_method("fedra"), data, 6, 4)
-    got = evaluate_global_model(tiny_bert, state, LoraSettings(), get_method("fedra"), data, capacity, 4)
+    full = evaluate_global_model(ModelRecipe(tiny_bert, LoraSettings(), get_method("fedra")), state, data, 6, 4)
+    got = evaluate_global_model(ModelRecipe(tiny_bert, LoraSettings(), get_method("fedra")), state, data, capacity, 4)
     assert (got.correct, got.loss, got.num_examples) == (full.correct, full.loss, 21)
 
 
@@ -265,7 +265,7 @@ pad = model.config.pad_token_id
 @pytest.mark.slow
 def test_exported_adapter_loads_with_plain_transformers_and_peft(tmp_path, tiny_bert, checkpoint):
     state = _global_state(tiny_bert, seed=2)
-    model = build_trainable_model(tiny_bert, range(6), LoraSettings(), get_method("fedra"))
+    model = ModelRecipe(tiny_bert, LoraSettings(), get_method("fedra")).build(range(6))
     load_trainable_state(model, state)
     adapter = export_peft_adapter(state, tiny_bert, LoraSettings(), tmp_path / "adapter")
     config = json.loads((adapter / "adapter_config.json").read_text())
@@ -415,10 +415,10 @@ json.dump(result, open("plain.json", "w"))
     cfg = load_run_config(run_config)
     backbone = resolve_backbone(cfg.backbone_spec())
     saved = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    model = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.build_method())
+    model = cfg.recipe(backbone).build(range(backbone.num_layers))
     load_trainable_state(model, saved.global_state)
     model.eval()
-    without_lora = build_trainable_model(backbone, range(backbone.num_layers), cfg.lora(), cfg.build_method())
+    without_lora = cfg.recipe(backbone).build(range(backbone.num_layers))
     load_trainable_state(without_lora, {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in saved.global_state.items()})
     without_lora.eval()
     for name, root in roots.items():
@@ -464,11 +464,11 @@ def test_real_minilm_checkpoint():
 
 def test_depthfl_exits_on_a_text_encoder(tiny_bert):
     """DepthFL's exit heads read the token states of the (hidden, mask) value between blocks."""
-    from fedra_core.methods import MethodSettings, get_method
+    from fedra_core.methods import get_method
     from fedra_core.methods.depthfl import forward_outputs
 
-    method = get_method(MethodSettings(name="depthfl", depthfl_every=2))
-    model = build_trainable_model(tiny_bert, range(4), LoraSettings(dropout=0.0), method)
+    method = get_method("depthfl", {"depthfl-every": 2})
+    model = ModelRecipe(tiny_bert, LoraSettings(dropout=0.0), method).build(range(4))
     assert sorted(model.exits) == ["1"]
     ids = token_batch()
     with torch.no_grad():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from fedra_core import LoraSettings, MethodSettings, TrainSettings, build_trainable_model, get_method
+from fedra_core import LoraSettings, ModelRecipe, TrainSettings, get_method
 from fedra_core import evaluate, rows_to_blocks, train_local, trainable_state
 from fedra_core.methods.depthfl import consistency_weight, exit_blocks, forward_outputs, mutual_distillation_loss
 from fedra_core.methods.inclusivefl import momentum_distill
@@ -36,17 +36,17 @@ def test_fedra_allocation_is_random_with_capacities():
 
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown method 'fedavg': allowed \\['fedra', 'alllarge', 'allsmall', 'inclusivefl', 'depthfl'"):
-        get_method(MethodSettings(name="fedavg"))
+        get_method("fedavg")
 
 
 def test_depthfl_exits_keys_and_outputs(tiny_vit):
-    method = get_method(MethodSettings(name="depthfl", depthfl_every=3))
+    method = get_method("depthfl", {"depthfl-every": 3})
     assert exit_blocks(range(12), 3) == [2, 5, 8]
     assert exit_blocks(range(6), 3) == [2]
-    model = build_trainable_model(tiny_vit, range(6), LoraSettings(), method)
+    model = ModelRecipe(tiny_vit, LoraSettings(), method).build(range(6))
     keys = list(trainable_state(model))
     assert {k.split(".")[1] for k in keys if k.startswith("exits.")} == {"2"}
-    full_keys = list(trainable_state(build_trainable_model(tiny_vit, range(12), LoraSettings(), method)))
+    full_keys = list(trainable_state(ModelRecipe(tiny_vit, LoraSettings(), method).build(range(12))))
     assert sorted(method.client_keys(full_keys, list(range(6)))) == sorted(keys)
     x = torch.randn(2, 3, 28, 28)
     outs = forward_outputs(model, tiny_vit.family, x)
@@ -88,7 +88,7 @@ def test_inclusivefl_distills_next_group_momentum_into_top_block():
 def test_inclusivefl_momentum_over_two_rounds_by_hand():
     """The method keeps last round's aggregated block update as momentum and mixes it into the next
     round's shallow top block; its state_dict is that momentum (what the checkpoint keeps)."""
-    method = get_method(MethodSettings(name="inclusivefl", inclusivefl_beta=0.5))
+    method = get_method("inclusivefl", {"inclusivefl-beta": 0.5})
     key = "blocks.{}.attn.proj.lora_A.weight".format
     g0 = {key(j): torch.zeros(1) for j in range(3)}
     alloc = method.allocate([3, 1], 3, np.random.default_rng(0))  # prefixes: [0, 1, 2] and [0]
@@ -105,7 +105,7 @@ def test_inclusivefl_momentum_over_two_rounds_by_hand():
     # block 0 = mean(4, 6.25) = 5.125
     assert float(g2[key(0)]) == pytest.approx(5.125)
     assert float(method.state_dict()[key(0)]) == pytest.approx(2.125)
-    restored = get_method(MethodSettings(name="inclusivefl", inclusivefl_beta=0.5))
+    restored = get_method("inclusivefl", {"inclusivefl-beta": 0.5})
     restored.load_state_dict(method.state_dict())
     assert torch.equal(restored.aggregate(g2, [g2, {key(0): g2[key(0)]}], alloc, None)[key(0)],
                        method.aggregate(g2, [g2, {key(0): g2[key(0)]}], alloc, None)[key(0)])
@@ -113,9 +113,9 @@ def test_inclusivefl_momentum_over_two_rounds_by_hand():
 
 def test_depthfl_round_config_and_loss_reach_training(tiny_vit):
     """The distillation weight the server sends each round is the one the client's loss uses."""
-    method = get_method(MethodSettings(name="depthfl", depthfl_every=3, depthfl_ramp_rounds=10))
+    method = get_method("depthfl", {"depthfl-every": 3, "depthfl-ramp-rounds": 10})
     assert method.round_config(5) == {"distill-weight": pytest.approx(math.exp(-5 * 0.25))}
-    model = build_trainable_model(tiny_vit, range(6), LoraSettings(dropout=0.0), method)
+    model = ModelRecipe(tiny_vit, LoraSettings(dropout=0.0), method).build(range(6))
     x, y = torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 3])
     outs = [o.float() for o in forward_outputs(model, tiny_vit.family, x)]
     for w in (0.0, 0.7):
@@ -131,7 +131,7 @@ def test_training_reduces_loss_and_evaluate_counts(tiny_vit):
     images = torch.randn(64, 3, 28, 28)
     labels = (images[:, 0].mean(dim=(1, 2)) > 0).long()
     data = TensorDataset(images, labels)
-    model = build_trainable_model(tiny_vit, [0, 4, 8], LoraSettings(), get_method("fedra"))
+    model = ModelRecipe(tiny_vit, LoraSettings(), get_method("fedra")).build([0, 4, 8])
     before = evaluate(model, data)
     settings = TrainSettings(lr=0.05, batch_size=16, local_epochs=10)
     result = train_local(model, data, settings, seed=0)

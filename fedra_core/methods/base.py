@@ -2,7 +2,8 @@
 
 A method chooses each round's allocation, which global keys a client receives and returns, any
 extra part of the client model and its loss (with values sent from the server each round), the
-server-side step around the per-block aggregation, and the state it must checkpoint. The engine,
+server-side step around the per-block aggregation, the state it must checkpoint, its own knobs
+(a :class:`MethodConfig`) and any client step after local training. The engine,
 the Flower apps and the benchmarks use only this interface; each method lives in its own module
 and registers itself with :func:`fedra_core.methods.register_method`.
 """
@@ -11,57 +12,77 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from fedra_core.aggregation import aggregate_fedra
 from fedra_core.families import ModelFamily
+from fedra_core.settings_model import SettingsModel
 from fedra_core.state import State, keys_for_blocks
+from fedra_core.training import TrainSettings
+
+if TYPE_CHECKING:  # the recipe holds a method: imported for the annotation only
+    from fedra_core.trainable import ModelRecipe
+
+
+class MethodConfig(SettingsModel):
+    """A method's own knobs; this base has none.
+
+    A method with knobs subclasses it (peft's pattern: one config class per method, registered with
+    it): one field per knob, its run-config key as the alias, a default, pydantic's constraints and a
+    line of docstring. The run config validates every registered method's keys with these classes.
+    """
 
 
 @dataclass(frozen=True)
-class MethodSettings:
-    """Which method runs and the knobs of every method (each method reads its own).
+class LocalRound:
+    """What a method's client step after local training may use.
 
-    name: a registered method. allocation: FedRA's draw, one of :data:`ALLOCATIONS`.
-    head_calibration_steps: FedRA option, head steps on full-depth features after local training
-    (0: off, the paper). depthfl_every: DepthFL exit interval. depthfl_ramp_rounds: rounds of
-    DepthFL's distillation-weight ramp (0: ``num_rounds``, the run's length; the reference code's
-    is 500). inclusivefl_beta: InclusiveFL momentum weight. num_rounds: the run's length.
+    recipe: backbone, LoRA settings and method; blocks: the client's blocks this round; state: its
+    trained state by canonical key (CPU); context: the read-only global state it received besides
+    its own (:meth:`Method.context_keys`); data: its training split; capacity: the most blocks it may
+    hold at a time; settings: the local training settings; device; seed: the step's seed.
     """
 
-    name: str = "fedra"
-    allocation: str = "random"
-    head_calibration_steps: int = 0
-    depthfl_every: int = 3
-    depthfl_ramp_rounds: int = 0
-    inclusivefl_beta: float = 0.2
-    num_rounds: int = 0
-
-
-# FedRA's allocation policies: "random" (the paper: k_i blocks uniformly at random), "cover" (the same,
-# but every block held each round when the capacities sum to at least L), "last" (the last block on
-# every client, the others drawn as "cover")
-ALLOCATIONS = ("random", "cover", "last")
+    recipe: ModelRecipe
+    blocks: Sequence[int]
+    state: Mapping[str, torch.Tensor]
+    context: Mapping[str, torch.Tensor]
+    data: Dataset
+    capacity: int
+    settings: TrainSettings
+    device: torch.device
+    seed: int
 
 
 class Method:
     """A federated fine-tuning method; the defaults are FedRA's behaviour for everything but the
     allocation, which every method must define.
 
-    Class attributes: ``name`` (the run config's ``method`` value) and ``summary`` (one line for
-    the README's method table).
+    Class attributes: ``name`` (the run config's ``method`` value), ``summary`` (one line for the
+    README's method table), ``config_class`` (its knobs, a :class:`MethodConfig`) and
+    ``client_step`` (the name of its step after local training, timed as ``t-<client_step>``; empty
+    when it has none).
     """
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    client_step: ClassVar[str] = ""
 
-    def __init__(self, settings: MethodSettings) -> None:
-        self.settings = settings
+    def __init__(self, config: MethodConfig | None = None, num_rounds: int = 0) -> None:
+        """Take the method's knobs (its ``config_class``; defaults when None) and the run's length."""
+        if config is None:
+            config = self.config_class()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"method {self.name!r} takes a {self.config_class.__name__}, not a {type(config).__name__}")
+        self.config = config
+        self.num_rounds = num_rounds
 
     # --- what each client holds -----------------------------------------------------------------
     def allocate(self, capacities: Sequence[int], num_layers: int, rng: np.random.Generator) -> np.ndarray:
@@ -95,6 +116,11 @@ class Method:
     ) -> torch.Tensor:
         """Return the client's training loss on a batch: cross-entropy of the model's logits."""
         return F.cross_entropy(model(inputs).float(), labels)
+
+    def after_local_training(self, job: LocalRound) -> State | None:
+        """Return the keys of the client's trained state that the method's client step replaces after
+        local training, or None when this round has no such step (the default)."""
+        return None
 
     # --- server ---------------------------------------------------------------------------------
     def aggregate(

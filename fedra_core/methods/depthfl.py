@@ -21,7 +21,9 @@ from torch import nn
 
 from fedra_core.allocation import prefix_allocation, prefix_model_blocks
 from fedra_core.families import ModelFamily, held_blocks
-from fedra_core.methods.base import Method
+from pydantic import Field
+
+from fedra_core.methods.base import Method, MethodConfig
 from fedra_core.methods.registry import register_method
 from fedra_core.state import block_of_key
 
@@ -100,16 +102,26 @@ def mutual_distillation_loss(outputs: Sequence[torch.Tensor], labels: torch.Tens
     return loss
 
 
+class DepthFLConfig(MethodConfig):
+    """DepthFL's knobs.
+
+    depthfl-every: an exit classifier after every d-th block. depthfl-ramp-rounds: rounds of the
+    distillation weight's sigmoid ramp (0: the run's length; the reference code's 500 leaves
+    distillation near zero in a short run).
+    """
+
+    depthfl_every: int = Field(3, alias="depthfl-every", ge=1)
+    depthfl_ramp_rounds: int = Field(0, alias="depthfl-ramp-rounds", ge=0)
+
+
 @register_method
 class DepthFL(Method):
     """Prefixes of each client's capacity with exit classifiers and mutual self-distillation."""
 
     name = "depthfl"
     summary = "clients train prefixes with an exit classifier every d blocks and mutual self-distillation"
-
-    def __init__(self, settings) -> None:  # noqa: D107
-        super().__init__(settings)
-        exit_blocks([0], settings.depthfl_every)  # validates the interval
+    config_class = DepthFLConfig
+    config: DepthFLConfig
 
     def allocate(self, capacities: Sequence[int], num_layers: int, rng: np.random.Generator) -> np.ndarray:  # noqa: D102
         return prefix_allocation(capacities, num_layers)
@@ -118,12 +130,12 @@ class DepthFL(Method):
         return prefix_model_blocks(capacities, num_layers)
 
     def extend_model(self, model: nn.Module, family: ModelFamily) -> nn.Module:  # noqa: D102
-        return add_exits(model, family, self.settings.depthfl_every)
+        return add_exits(model, family, self.config.depthfl_every)
 
     def client_keys(self, keys: Iterable[str], blocks: Sequence[int]) -> list[str]:
         """The keys of ``blocks``, the shared keys and only the exits inside the client's prefix."""
         held = set(blocks)
-        exits = {str(j) for j in exit_blocks(blocks, self.settings.depthfl_every)}
+        exits = {str(j) for j in exit_blocks(blocks, self.config.depthfl_every)}
         out = []
         for key in keys:
             j = block_of_key(key)
@@ -135,7 +147,7 @@ class DepthFL(Method):
         return out
 
     def round_config(self, server_round: int) -> dict[str, float]:  # noqa: D102
-        ramp = self.settings.depthfl_ramp_rounds or self.settings.num_rounds
+        ramp = self.config.depthfl_ramp_rounds or self.num_rounds
         if ramp < 1:
             raise ValueError("depthfl-ramp-rounds = 0 means the run's length, but the method was given no num_rounds")
         return {DISTILL_WEIGHT: consistency_weight(server_round, ramp)}

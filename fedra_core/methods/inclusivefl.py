@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from fedra_core.allocation import prefix_allocation, prefix_model_blocks
-from fedra_core.methods.base import Method
+from pydantic import Field
+
+from fedra_core.methods.base import Method, MethodConfig
 from fedra_core.methods.registry import register_method
 from fedra_core.state import State, block_of_key
 
@@ -74,15 +76,23 @@ def block_momentum(old_state: Mapping[str, torch.Tensor], new_state: Mapping[str
     }
 
 
+class InclusiveFLConfig(MethodConfig):
+    """InclusiveFL's knob. inclusivefl-beta: the momentum-distillation weight in [0, 1]."""
+
+    inclusivefl_beta: float = Field(0.2, alias="inclusivefl-beta", ge=0, le=1)
+
+
 @register_method
 class InclusiveFL(Method):
     """Prefixes of each client's capacity; momentum distillation into the shallower clients' top block."""
 
     name = "inclusivefl"
     summary = "clients train prefixes of their capacity; deeper blocks' momentum distilled into shallow tops"
+    config_class = InclusiveFLConfig
+    config: InclusiveFLConfig
 
-    def __init__(self, settings) -> None:  # noqa: D107
-        super().__init__(settings)
+    def __init__(self, config: InclusiveFLConfig | None = None, num_rounds: int = 0) -> None:  # noqa: D107
+        super().__init__(config, num_rounds)
         self.momentum: Momentum = {}
 
     def allocate(self, capacities: Sequence[int], num_layers: int, rng: np.random.Generator) -> np.ndarray:  # noqa: D102
@@ -92,7 +102,7 @@ class InclusiveFL(Method):
         return prefix_model_blocks(capacities, num_layers)
 
     def aggregate(self, global_state, client_states, allocation, weights) -> State:  # noqa: D102
-        mixed = momentum_distill(global_state, client_states, allocation, self.momentum, self.settings.inclusivefl_beta)
+        mixed = momentum_distill(global_state, client_states, allocation, self.momentum, self.config.inclusivefl_beta)
         new_state = super().aggregate(global_state, mixed, allocation, weights)
         self.momentum = block_momentum(global_state, new_state)
         return new_state
