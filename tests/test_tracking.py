@@ -21,7 +21,8 @@ from runners.local import run_local
 from server_app import tracking
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = json.loads((REPO / "tests" / "data" / "refactor_baseline.json").read_text())["fedra/vit"]["config"]
+TINY = {k: v for k, v in json.loads((REPO / "tests" / "data" / "refactor_baseline.json").read_text())["fedra/vit"]["config"].items()
+        if k != "depthfl-ramp-rounds"}  # a DepthFL knob: refused for FedRA
 NUM_NODES = 3
 
 
