@@ -40,7 +40,7 @@ test-compose: venv
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m docker
 
 data: venv
-	$(BIN)/python -m fedra_core.demo.digits
+	$(BIN)/python -m fedra_core.data.digits
 
 backbone: venv
 	$(BIN)/python -m fedra_core.demo.backbone --name demo-vit

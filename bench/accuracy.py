@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"-{args.tag}" if args.tag else ""
     suffix = schedule_suffix(schedule) + tag
 
-    from fedra_core.demo.digits import DIGITS_DOMAINS
+    from fedra_core.data.digits import DIGITS_DOMAINS
 
     domains = tuple(DIGITS_DOMAINS)
     results_dir = Path(args.results_dir)

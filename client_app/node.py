@@ -12,7 +12,8 @@ from flwr.app import Context
 
 from fedra_core.backbones import Backbone, BackboneSpec, input_size, resolve_backbone
 from fedra_core.data.federation import client_shards, domains_of
-from fedra_core.data.node_data import DATA_FORMATS, NodeData, NodeDataError, NodeDataSpec, load_node_data
+from fedra_core.data.node_data import NodeData, NodeDataError, NodeDataSpec, load_node_data
+from fedra_core.data.registry import node_formats
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 
 if TYPE_CHECKING:  # built on first use: a capacity query imports no timm or peft
@@ -70,7 +71,7 @@ class NodeRuntime:
         if not fmt:
             raise ConfigError(
                 "node-config lacks 'data-format': name this node's own data, e.g. "
-                "\"data-format='imagefolder' data-root='/data/mine'\" (allowed formats: " + ", ".join(DATA_FORMATS) + ")"
+                "\"data-format='imagefolder' data-root='/data/mine'\" (allowed formats: " + ", ".join(node_formats()) + ")"
             )
         partition_id = _int(node_cfg["partition-id"], "partition-id", 0) if "partition-id" in node_cfg else None
         try:

@@ -46,6 +46,7 @@ from pathlib import Path
 import psutil
 from flwr.common.config import parse_config_args
 
+from fedra_core.data.registry import node_format
 from runners import processes
 from runners.simulate import format_run_config, free_port, prepare_assets, wait_for_port
 
@@ -54,18 +55,15 @@ DEPLOY = REPO / "deploy"
 CONNECTION = "fedra-local"
 
 
-DATA_FORMATS = ("imagefolder", "domainnet", "nicopp", "digits", "partition")  # as fedra_core.data.node_data
-
-
 @dataclass(frozen=True)
 class NodeSpec:
     """One SuperNode: its capacity (blocks it can train), its own data and local settings.
 
     ``NodeSpec(capacity, *, data_format, data_root=None, domain="", partition_id=None, name="",
     device="cpu", threads=1)``. ``data_format`` is the node-config ``data-format``:
-    ``imagefolder`` (``data_root`` with ``train/<class>/...``; ``domain`` optional),
-    ``domainnet`` / ``nicopp`` (``data_root`` and ``domain``), ``digits`` (``domain``) or
-    ``partition`` (``partition_id`` of the run's dataset). ``name`` names the node's key pair;
+    a format of ``fedra_core.data.registry`` (``imagefolder``: ``data_root`` with ``train/<class>/...``;
+    a dataset's name: one ``domain`` of it; ``partition``: ``partition_id`` of the run's dataset; the
+    registry says which of ``data_root``, ``domain``, ``partition_id`` each needs). ``name`` names the node's key pair;
     by default ``supernode-<domain>`` (else the data folder's name, else ``p<partition id>``).
     """
 
@@ -81,15 +79,17 @@ class NodeSpec:
 
     def __post_init__(self) -> None:
         fmt = self.data_format
-        if fmt not in DATA_FORMATS:
-            raise ValueError(f"NodeSpec data_format {fmt!r}: allowed {list(DATA_FORMATS)}")
+        try:  # the formats and the node-config keys each needs: fedra_core.data.registry
+            needs = node_format(fmt).needs
+        except ValueError as exc:
+            raise ValueError(f"NodeSpec data_format: {exc}") from None
         if not (isinstance(self.capacity, int) and self.capacity >= 1):
             raise ValueError(f"NodeSpec capacity {self.capacity!r}: a positive integer")
-        if fmt in ("imagefolder", "domainnet", "nicopp") and not self.data_root:
-            raise ValueError(f"NodeSpec data_format {fmt!r} needs data_root")
-        if fmt in ("domainnet", "nicopp", "digits") and not self.domain:
-            raise ValueError(f"NodeSpec data_format {fmt!r} needs domain")
-        if (fmt == "partition") != (self.partition_id is not None):
+        given = {"data-root": self.data_root, "domain": self.domain, "partition-id": self.partition_id}
+        for key in needs:
+            if given[key] in (None, ""):
+                raise ValueError(f"NodeSpec data_format {fmt!r} needs {key.replace('-', '_')}")
+        if ("partition-id" in needs) != (self.partition_id is not None):
             raise ValueError(f"NodeSpec partition_id {self.partition_id!r}: given exactly when data_format is 'partition' (not {fmt!r})")
         for key in ("data_root", "domain", "device"):
             if "'" in str(getattr(self, key) or ""):

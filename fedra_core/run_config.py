@@ -12,6 +12,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from fedra_core.backbones import Backbone, BackboneSpec
 from fedra_core.data.federation import DataSpec
 from fedra_core.data.node_data import LabelSpace
+from fedra_core.data.registry import dataset_entry, dataset_names
 from fedra_core.lora import LoraSettings
 from fedra_core.methods import Method, MethodConfig, get_method, method_class, method_knobs, method_names
 from fedra_core.settings_model import SettingsModel, one_line
@@ -61,7 +62,7 @@ class RunConfig(SettingsModel):
     backbone: str = "demo-vit"
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict, alias="backbone-kwargs")
     backbone_weights: str = Field("default", alias="backbone-weights")
-    dataset: Literal["digits", "domainnet", "nicopp"] = "digits"
+    dataset: str = "digits"
     data_root: str = Field("", alias="data-root")
     domains: list[str] = Field(default_factory=list)
     num_classes: int = Field(0, alias="num-classes", ge=0)
@@ -122,6 +123,13 @@ class RunConfig(SettingsModel):
         if value and not _RUN_NAME.fullmatch(value):
             raise ValueError("must be one folder name of letters, digits, '.', '_' and '-', starting with a letter or digit "
                              "(the run folder stays inside 'output-dir')")
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        if value not in dataset_names():
+            raise ValueError(f"unknown dataset: allowed {list(dataset_names())}")
         return value
 
     @field_validator("method")
@@ -248,7 +256,7 @@ class RunConfig(SettingsModel):
 
     def resolved_num_classes(self) -> int:
         """Return num-classes, else the number of class-names, else the dataset's default."""
-        return self.num_classes or len(self.class_names) or {"digits": 10, "domainnet": 100, "nicopp": 60}[self.dataset]
+        return self.num_classes or len(self.class_names) or dataset_entry(self.dataset).num_classes
 
     def label_space(self) -> LabelSpace:
         """Return the run's label space (num-classes and class-names) that every node's labels must fit."""

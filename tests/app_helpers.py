@@ -38,7 +38,7 @@ def write_imagefolder(root, domain: str, max_train: int = 0, max_test: int = 0, 
 
     from PIL import Image
 
-    from fedra_core.demo.digits import raw_domain
+    from fedra_core.data.digits import raw_domain
 
     root = Path(root)
     for split, limit in (("train", max_train), ("test", max_test)):

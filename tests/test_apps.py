@@ -102,7 +102,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 from fedra_core.data.partition import stratified_indices
-from fedra_core.demo.digits import digits_domain
+from fedra_core.data.digits import digits_domain
 adapter = {str(run_dir / 'adapter')!r}
 meta = json.load(open(adapter + "/backbone.json"))
 model = getattr(timm.models, meta["timm_class"])(num_classes=meta["num_classes"], **meta["model_kwargs"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import accuracy, wire_bytes
-from fedra_core.demo.digits import DIGITS_DOMAINS
+from fedra_core.data.digits import DIGITS_DOMAINS
 from fedra_core.run_config import load_run_config
 
 

@@ -50,7 +50,7 @@ def _nginx() -> str | None:
 def federation(request, tmp_path_factory) -> LocalFederation:
     """SuperLink (TLS + node auth, Fleet proxy on 127.0.0.2) and two SuperNodes on 127.0.0.2, online."""
     from fedra_core import resolve_backbone
-    from fedra_core.demo.digits import build_digits
+    from fedra_core.data.digits import build_digits
     from fedra_core.run_config import load_run_config
 
     missing = [tool for tool in ("openssl", "ssh-keygen") if shutil.which(tool) is None]

@@ -57,7 +57,7 @@ RUN = {
 def site_folders(tmp_path_factory) -> dict[str, Path]:
     """One temporary folder per organisation holding only its own domain's images; then the digits
     benchmark the images came from is moved out of the cache, so no process can read it."""
-    from fedra_core.demo.digits import digits_file
+    from fedra_core.data.digits import digits_file
 
     out = {}
     for site, domain, _ in SITES:
@@ -176,7 +176,7 @@ def test_each_node_trained_on_its_own_folder_and_evaluated_its_own_test_split(ru
 
 
 def test_no_process_opened_the_global_dataset(run_dir: Path) -> None:
-    from fedra_core.demo.digits import digits_file
+    from fedra_core.data.digits import digits_file
 
     assert not digits_file(0).exists(), "someone rebuilt the digits benchmark: a node or the server read data not its own"
 

@@ -1,4 +1,4 @@
-"""Tests of the offline multi-domain digits benchmark (fedra_core.demo.digits)."""
+"""Tests of the offline multi-domain digits benchmark (fedra_core.data.digits)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from fedra_core.demo import digits
-from fedra_core.demo.digits import DIGITS_DOMAINS, build_digits, digits_domain, digits_pretrain, raw_domain
+from fedra_core.data import digits
+from fedra_core.data.digits import DIGITS_DOMAINS, build_digits, digits_domain, digits_pretrain, raw_domain
 
 
 @pytest.fixture(scope="module")

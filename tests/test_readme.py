@@ -34,3 +34,17 @@ def test_method_table_is_the_registry():
     rows = dict(re.findall(r"^\| `([a-z0-9-]+)` \| (.+?) \|$", table, re.M))
     rows.pop("method")  # the header
     assert rows == {name: get_method(name).summary for name in method_names()}
+
+
+def _row(key: str) -> str:
+    """The README table row of ``key`` (its first cell is the key in backticks)."""
+    return re.search(rf"^\| `{re.escape(key)}` \|.*$", README, re.M).group(0)
+
+
+def test_dataset_and_data_format_rows_name_every_registered_one():
+    from fedra_core.data.registry import dataset_names, node_formats
+
+    cells = lambda key: re.split(r"(?<!\\)\|", _row(key))  # noqa: E731  (a "\|" inside a cell is no border)
+    assert set(re.findall(r"`([a-z]+)`", cells("dataset")[3])) >= set(dataset_names())
+    named = set(re.findall(r"`([a-z]+)`", cells("data-format")[2]))
+    assert set(node_formats()) <= named, set(node_formats()) - named

@@ -7,15 +7,16 @@ from functools import lru_cache
 
 from torch.utils.data import Dataset, Subset
 
-from fedra_core.data.partition import ClientShard, eval_sample, feature_label_skew, feature_skew
+from fedra_core.data.partition import ClientShard, dataset_targets, eval_sample, feature_label_skew, feature_skew
+from fedra_core.data.registry import dataset_entry, resolve
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """Which data a run uses.
 
-    dataset: ``digits`` (offline benchmark), ``domainnet`` or ``nicopp``; root: the dataset folder
-    (unused for digits); domains: a subset of the dataset's domains (empty: all); partitioning:
+    dataset: a registered dataset (:data:`fedra_core.data.registry.DATASETS`: ``digits``,
+    ``domainnet``, ``nicopp``); root: the dataset folder (for those read from one); domains: a subset of the dataset's domains (empty: all); partitioning:
     ``feature`` (one client per domain) or ``feature-label`` (clients_per_domain clients per domain,
     Dirichlet(alpha) over labels); num_classes: classes kept (0: the dataset default).
     """
@@ -32,20 +33,8 @@ class DataSpec:
 
 
 def all_domains(dataset: str) -> tuple[str, ...]:
-    """Return the domain names of a dataset; ValueError for an unknown dataset."""
-    if dataset == "digits":
-        from fedra_core.demo.digits import DIGITS_DOMAINS
-
-        return tuple(DIGITS_DOMAINS)
-    if dataset == "domainnet":
-        from fedra_core.data.paper_datasets import DOMAINNET_DOMAINS
-
-        return tuple(DOMAINNET_DOMAINS)
-    if dataset == "nicopp":
-        from fedra_core.data.paper_datasets import NICOPP_DOMAINS
-
-        return tuple(NICOPP_DOMAINS)
-    raise ValueError(f"unknown dataset {dataset!r}: allowed 'digits', 'domainnet', 'nicopp'")
+    """Return the domain names of a registered dataset; ValueError for an unknown dataset."""
+    return tuple(resolve(dataset_entry(dataset).domains))
 
 
 def domains_of(spec: DataSpec) -> tuple[str, ...]:
@@ -59,23 +48,8 @@ def domains_of(spec: DataSpec) -> tuple[str, ...]:
 
 @lru_cache(maxsize=64)
 def domain_split(spec: DataSpec, domain: str, split: str) -> Dataset:
-    """Return one domain's ``train`` or ``test`` split (cached per process)."""
-    if spec.dataset == "digits":
-        from fedra_core.demo.digits import digits_domain
-
-        return digits_domain(domain, split, seed=spec.seed)
-    from fedra_core.data import paper_datasets
-
-    loader = paper_datasets.domainnet_domain if spec.dataset == "domainnet" else paper_datasets.nicopp_domain
-    kwargs = {"num_classes": spec.num_classes} if spec.num_classes else {}
-    return loader(spec.root, domain, split, img_size=spec.img_size, **kwargs)
-
-
-def _labels(dataset: Dataset):
-    targets = getattr(dataset, "targets", None)
-    if targets is None:  # TensorDataset (digits)
-        targets = dataset.tensors[1].numpy()
-    return targets
+    """Return one domain's ``train`` or ``test`` split with the dataset's registered loader (cached per process)."""
+    return resolve(dataset_entry(spec.dataset).loader)(spec, domain, split)
 
 
 @lru_cache(maxsize=8)
@@ -85,7 +59,7 @@ def client_shards(spec: DataSpec) -> tuple[ClientShard, ...]:
     if spec.partitioning == "feature":
         return tuple(feature_skew({d: len(domain_split(spec, d, "train")) for d in domains}))
     if spec.partitioning == "feature-label":
-        labels = {d: _labels(domain_split(spec, d, "train")) for d in domains}
+        labels = {d: dataset_targets(domain_split(spec, d, "train")) for d in domains}
         return tuple(feature_label_skew(labels, spec.clients_per_domain, spec.alpha, spec.seed))
     raise ValueError(f"unknown partitioning {spec.partitioning!r}: allowed 'feature', 'feature-label'")
 

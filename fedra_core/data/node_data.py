@@ -1,13 +1,13 @@
 """A node's own data: the training and test split a node holds, named by its node-config.
 
-Formats (node-config ``data-format``):
+Formats (node-config ``data-format``), registered in :mod:`fedra_core.data.registry`:
 
 * ``imagefolder``: ``data-root/train/<class>/*.png|jpg|...`` and optionally ``data-root/test/<class>/...``.
   Labels come from the run's ``class-names``, else from ``data-root/classes.txt`` (one class name per
   line, in label order), else from the sorted class folder names (then every node must hold every class).
   Images are decoded once into a cache file (``$FEDRA_CACHE/node-data``), re-decoded when a file changes.
-* ``domainnet`` / ``nicopp``: one domain of the official layout (``data-root`` + ``domain``).
-* ``digits``: one domain of the offline digits benchmark (``domain``), for the demo.
+* every registered dataset (``digits``, ``domainnet``, ``nicopp``): one domain of it (``domain``, and
+  ``data-root`` for a dataset read from a folder: DomainNet's and NICO++'s official layouts).
 * ``partition``: client ``partition-id`` of the run's partitioned dataset (simulation and benchmarks).
 * ``tokens``: pre-tokenised text for the ``hf-encoder`` family: ``data-root/train.safetensors`` and
   optionally ``data-root/test.safetensors``, each with int64 ``input_ids`` (N, T), padded with the
@@ -38,8 +38,8 @@ from torch.utils.data import Dataset, TensorDataset
 
 from fedra_core.data.federation import DataSpec, client_train_data, domain_split
 from fedra_core.data.partition import dataset_targets, eval_sample
+from fedra_core.data.registry import dataset_entry, node_format, resolve
 
-DATA_FORMATS: tuple[str, ...] = ("imagefolder", "domainnet", "nicopp", "digits", "partition", "tokens")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _CACHE_VERSION = 2  # 2: files keyed by content hash
 log = logging.getLogger("fedra")
@@ -60,14 +60,15 @@ class NodeDataSpec:
     partition_id: int | None = None
 
     def __post_init__(self) -> None:
-        if self.data_format not in DATA_FORMATS:
-            raise NodeDataError(f"node-config 'data-format' = {self.data_format!r}: allowed {list(DATA_FORMATS)}")
-        if self.data_format == "partition" and self.partition_id is None:
-            raise NodeDataError("node-config lacks 'partition-id': data-format 'partition' needs the node's partition")
-        if self.data_format in ("imagefolder", "domainnet", "nicopp", "tokens") and not self.root:
-            raise NodeDataError(f"node-config lacks 'data-root': data-format {self.data_format!r} needs the node's data folder")
-        if self.data_format in ("domainnet", "nicopp", "digits") and not self.domain:
-            raise NodeDataError(f"node-config lacks 'domain': data-format {self.data_format!r} needs the node's domain")
+        try:
+            needs = node_format(self.data_format).needs
+        except ValueError as exc:
+            raise NodeDataError(str(exc)) from None
+        given = {"partition-id": self.partition_id is not None, "data-root": bool(self.root), "domain": bool(self.domain)}
+        what = {"partition-id": "the node's partition", "data-root": "the node's data folder", "domain": "the node's domain"}
+        for key in needs:
+            if not given[key]:
+                raise NodeDataError(f"node-config lacks {key!r}: data-format {self.data_format!r} needs {what[key]}")
 
 
 @dataclass(frozen=True)
@@ -101,29 +102,44 @@ def load_node_data(
     and stratified by class (:func:`stratified_indices`). Raises NodeDataError naming the
     node-config key, the value and what is expected.
     """
-    if spec.data_format == "partition":
-        try:
-            domain, train = client_train_data(run, int(spec.partition_id))
-        except ValueError as exc:
-            raise NodeDataError(f"node-config 'partition-id' = {spec.partition_id}: {exc}") from None
-        data = NodeData(domain, train, domain_split(run, domain, "test"), f"{run.dataset}:{domain}")
-    elif spec.data_format == "imagefolder":
-        data = _imagefolder(Path(spec.root).expanduser(), spec.domain, labels, img_size)
-    elif spec.data_format == "tokens":
-        data = _tokens(Path(spec.root).expanduser(), spec.domain)
-    else:
-        key, value = ("domain", spec.domain) if spec.data_format == "digits" else ("data-root", spec.root)
-        one = DataSpec(dataset=spec.data_format, root=spec.root, num_classes=labels.num_classes, img_size=run.img_size, seed=run.seed)
-        try:
-            train, test = domain_split(one, spec.domain, "train"), domain_split(one, spec.domain, "test")
-        except (ValueError, OSError) as exc:
-            raise NodeDataError(f"node-config {key!r} = {value!r}: {exc}") from None
-        data = NodeData(spec.domain, train, test, f"{spec.data_format}:{spec.domain}:{run.seed}")
+    data = resolve(node_format(spec.data_format).loader)(spec, run, labels, img_size)
     _check_labels(data, spec, labels.num_classes)
     if max_test and len(data.test) > max_test:
         data = NodeData(data.domain, data.train, eval_sample(data.test, max_test, run.seed), data.eval_set)
     return data
 
+
+
+def load_partition(spec: NodeDataSpec, run: DataSpec, labels: LabelSpace, img_size: int) -> NodeData:
+    """Format ``partition``: client ``partition-id`` of the run's partitioned dataset; the test split
+    is its domain's (shared with the domain's other clients, who evaluate it once)."""
+    try:
+        domain, train = client_train_data(run, int(spec.partition_id))
+    except ValueError as exc:
+        raise NodeDataError(f"node-config 'partition-id' = {spec.partition_id}: {exc}") from None
+    return NodeData(domain, train, domain_split(run, domain, "test"), f"{run.dataset}:{domain}")
+
+
+def load_dataset_domain(spec: NodeDataSpec, run: DataSpec, labels: LabelSpace, img_size: int) -> NodeData:
+    """Format ``<dataset>``: one domain of a registered dataset (``data-root`` when it is read from a folder)."""
+    needs_root = dataset_entry(spec.data_format).needs_root
+    key, value = ("data-root", spec.root) if needs_root else ("domain", spec.domain)
+    one = DataSpec(dataset=spec.data_format, root=spec.root, num_classes=labels.num_classes, img_size=run.img_size, seed=run.seed)
+    try:
+        train, test = domain_split(one, spec.domain, "train"), domain_split(one, spec.domain, "test")
+    except (ValueError, OSError) as exc:
+        raise NodeDataError(f"node-config {key!r} = {value!r}: {exc}") from None
+    return NodeData(spec.domain, train, test, f"{spec.data_format}:{spec.domain}:{run.seed}")
+
+
+def load_imagefolder(spec: NodeDataSpec, run: DataSpec, labels: LabelSpace, img_size: int) -> NodeData:
+    """Format ``imagefolder``: the node's own ``data-root/train/<class>/...`` (and ``test/``), at ``img_size``."""
+    return _imagefolder(Path(spec.root).expanduser(), spec.domain, labels, img_size)
+
+
+def load_tokens(spec: NodeDataSpec, run: DataSpec, labels: LabelSpace, img_size: int) -> NodeData:
+    """Format ``tokens``: the node's own pre-tokenised ``data-root/train.safetensors`` (and ``test.safetensors``)."""
+    return _tokens(Path(spec.root).expanduser(), spec.domain)
 
 
 def _check_labels(data: NodeData, spec: NodeDataSpec, num_classes: int) -> None:

@@ -23,6 +23,8 @@ CLIP statistics instead and resizes every image straight to 224x224 without augm
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -32,6 +34,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms
+
+if TYPE_CHECKING:
+    from fedra_core.data.federation import DataSpec
 
 DOMAINNET_DOMAINS: tuple[str, ...] = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
 NICOPP_DOMAINS: tuple[str, ...] = ("autumn", "dim", "grass", "outdoor", "rock", "water")
@@ -261,3 +266,13 @@ def nicopp_domain(
     root_path = _check_common("NICO++", root, domain, NICOPP_DOMAINS, split, num_classes, NICOPP_TOTAL_CLASSES)
     split_file = nicopp_split_file(root_path, domain, split)
     return _load_domain(split_file, root_path, domain, split, num_classes, NICOPP_TOTAL_CLASSES, img_size, verify_files)
+
+
+def domainnet_split(spec: DataSpec, domain: str, split: str) -> SplitFileDataset:
+    """The registry's loader: one DomainNet domain's split for the run's data ``spec`` (root, size, classes)."""
+    return domainnet_domain(spec.root, domain, split, spec.num_classes or 100, img_size=spec.img_size)
+
+
+def nicopp_split(spec: DataSpec, domain: str, split: str) -> SplitFileDataset:
+    """The registry's loader: one NICO++ domain's split for the run's data ``spec`` (root, size, classes)."""
+    return nicopp_domain(spec.root, domain, split, spec.num_classes or 60, img_size=spec.img_size)

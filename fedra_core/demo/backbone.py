@@ -1,7 +1,7 @@
 """Pre-trained 12-block demo backbones (``demo-vit``, ``demo-mixer``) that tolerate skipped blocks.
 
 No package ships pre-trained ViT / MLP-Mixer weights, so the offline demo pre-trains its own small
-backbones on the MNIST pre-training block of the digits benchmark (:func:`fedra_core.demo.digits.digits_pretrain`,
+backbones on the MNIST pre-training block of the digits benchmark (:func:`fedra_core.data.digits.digits_pretrain`,
 disjoint from every benchmark image). FedRA clients run random subsets of the blocks, so the
 backbone is trained to survive that: three quarters of the batches run a random k (3..12) of the 12
 blocks in their original order, the other quarter runs the full depth (a LayerDrop-style recipe).
@@ -195,7 +195,7 @@ def _train_and_report(
     verbose: bool,
     recipe: str,
 ) -> dict[str, float | int | str]:
-    from fedra_core.demo.digits import digits_pretrain
+    from fedra_core.data.digits import digits_pretrain
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)

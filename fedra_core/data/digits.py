@@ -29,6 +29,8 @@ The whole thing is built deterministically from a seed and cached as one safeten
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import fcntl
 import gzip
 import hashlib
@@ -49,6 +51,9 @@ from torch.utils.data import TensorDataset
 
 from fedra_core.cache import cache_dir
 from fedra_core.progress import progress_bar
+
+if TYPE_CHECKING:
+    from fedra_core.data.federation import DataSpec
 
 DIGITS_DOMAINS: tuple[str, ...] = ("mnist", "optdigits", "mnistm", "printed", "usps", "housenum")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -132,6 +137,11 @@ def digits_domain(domain: str, split: str, seed: int = 0) -> TensorDataset:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {list(SPLITS)}")
     return _load_pair(build_digits(seed), f"{domain}/{split}")
+
+
+def digits_split(spec: DataSpec, domain: str, split: str) -> TensorDataset:
+    """The registry's loader: one domain's split of the benchmark built with the run's seed."""
+    return digits_domain(domain, split, seed=spec.seed)
 
 
 def digits_pretrain(seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
