@@ -10,7 +10,7 @@ replace or drop replies to play a failing or cheating node):
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -96,14 +96,20 @@ def load_component(kind: str) -> ClientApp:
     return getattr(importlib.import_module(module), attribute)
 
 
-def run_local(run_config: dict, num_nodes: int, intercept=None) -> Path:
-    """Run the app's federation in process with ``num_nodes`` nodes (partition ids 0..n-1); return the run folder."""
+def local_federation(run_config: dict, nodes: Mapping[int, dict], intercept=None) -> tuple[Path, InProcessGrid]:
+    """Run the app's federation in process on ``nodes`` (node id -> node-config); return the run
+    folder and the grid (it keeps every message sent). ``intercept`` as :class:`InProcessGrid`'s."""
     from server_app.app import run_federation, setup_logging
 
     setup_logging()
-    client_app = load_component("clientapp")
+    grid = InProcessGrid(load_component("clientapp"), dict(nodes), run_config, intercept)
+    return run_federation(grid, run_config), grid
+
+
+def run_local(run_config: dict, num_nodes: int, intercept=None) -> Path:
+    """Run the app's federation in process with ``num_nodes`` nodes (partition ids 0..n-1); return the run folder."""
     nodes = {1000 + i: {"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)}
-    return run_federation(InProcessGrid(client_app, nodes, run_config, intercept), run_config)
+    return local_federation(run_config, nodes, intercept)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,13 +62,11 @@ def run_inprocess(tmp_path, nodes=NODES, intercept=None, **overrides) -> tuple:
                 replies.append((int(message.content["config"]["server-round"]), node_id, reply))
         return reply
 
-    from client_app.app import app as client_app  # as flwr run loads it; the helpers stay importable without it
-    from runners.local import InProcessGrid
-    from server_app.app import run_federation
+    from runners.local import local_federation
 
     run_config = {**TINY_RUN, "output-dir": str(tmp_path), "run-name": "run", **overrides}
-    grid = InProcessGrid(client_app, nodes, run_config, intercept=record)
-    return run_federation(grid, run_config), grid, replies
+    run_dir, grid = local_federation(run_config, nodes, intercept=record)
+    return run_dir, grid, replies
 
 
 def train_messages(grid, server_round: int) -> list:

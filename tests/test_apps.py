@@ -20,6 +20,7 @@ from client_app.app import app as client_app
 from fedra_core.run_config import load_run_config
 from runners.local import InProcessGrid
 from server_app.checkpoint import load_checkpoint
+from server_app.outputs import read_metrics
 
 
 def replay(run_config: dict, grid: InProcessGrid, replies: list, weighted: bool) -> list[dict]:
@@ -74,7 +75,7 @@ def test_run_folder_outputs_and_metrics(tmp_path):
     for name in ("metrics.jsonl", "summary.md", "accuracy.png", "allocation.png", "config.json",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/backbone.json"):
         assert (run_dir / name).is_file(), name
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     for r in records[1:]:
         sent = train_messages(grid, r["round"])
@@ -95,7 +96,7 @@ def test_run_folder_outputs_and_metrics(tmp_path):
 
 def test_exported_adapter_reproduces_reported_accuracy_in_a_new_process(tmp_path):
     run_dir, _, _ = run_inprocess(tmp_path)
-    reported = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]["accuracy"]
+    reported = read_metrics(run_dir)[-1]["accuracy"]
     script = f"""
 import json, timm, torch
 from peft import PeftModel
@@ -149,7 +150,7 @@ def test_baselines_run_through_the_same_apps(tmp_path, method, sizes):
         if method == "depthfl":  # exits after blocks 2, 5, 8 inside each prefix
             exits = [sorted({k.split(".")[1] for k in m.content["arrays"].keys() if k.startswith("exits.")}) for m in sent]
             assert exits == [["2", "5", "8"], ["2"], []]
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     assert all(len(r["accepted"]) == 3 for r in records[1:])
 
 

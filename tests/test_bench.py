@@ -13,6 +13,7 @@ import pytest
 from bench import accuracy, wire_bytes
 from fedra_core.data.digits import DIGITS_DOMAINS
 from fedra_core.run_config import load_run_config
+from server_app.outputs import read_metrics
 
 
 def test_analytic_bytes_by_hand() -> None:
@@ -206,13 +207,11 @@ def test_main_end_to_end_on_fake_runs(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_head_probe_rebuilds_the_runs_final_model(tmp_path: Path) -> None:
     from app_helpers import NODES, TINY_RUN
     from bench.head_probe import probe
-    from client_app.app import app as client_app
-    from server_app.app import run_federation
-    from runners.local import InProcessGrid
+    from runners.local import local_federation
 
     run_config = {**TINY_RUN, "output-dir": str(tmp_path), "run-name": "run", "num-server-rounds": 2}
-    run_dir = run_federation(InProcessGrid(client_app, NODES, run_config), run_config)
-    logged = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["accuracy"]
+    run_dir, _ = local_federation(run_config, NODES)
+    logged = read_metrics(run_dir)[-1]["accuracy"]
     result = probe(run_dir, steps=3, seed=0)
     # the server's own evaluation after the last round, reproduced from the checkpoint
     assert result["before"] == pytest.approx({d: 100 * a for d, a in logged.items()})

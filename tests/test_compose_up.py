@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from runners import processes
+from server_app.outputs import read_metrics
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -424,7 +425,7 @@ def run_dir(federation) -> Path:
 
 # --- tests -----------------------------------------------------------------------------------------
 def test_two_fedra_rounds_over_tls_with_authenticated_supernodes(federation, run_dir: Path) -> None:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir)
     assert [r["round"] for r in records] == [0, 1, 2]
     for r in records:  # every node evaluated the global model on its own domain's test split
         assert set(r["accuracy"]) == DOMAINS, r

@@ -4,7 +4,6 @@ server-side evaluation of the same model on the same images."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -18,14 +17,13 @@ from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 from app_helpers import TINY_RUN, write_imagefolder
-from client_app.app import app as client_app
 from conftest import TINY_VIT
 from fedra_core import LoraSettings, ModelRecipe, get_method, trainable_state
 from fedra_core.evaluation import block_groups, evaluate_global_model
-from runners.local import InProcessGrid
-from server_app.app import run_federation
+from runners.local import local_federation
 from server_app.strategy import FedRAStrategy, NodeInfo
 from server_app.validation import RejectedReply, ReplyLimits, check_eval_reply
+from server_app.outputs import read_metrics
 
 
 def test_block_groups_cut_the_depth_into_consecutive_groups():
@@ -169,11 +167,11 @@ def test_strategy_asks_each_test_split_once_and_pools_a_domain_by_examples():
 
 def _run(tmp_path: Path, nodes: dict, intercept=None, **overrides) -> Path:
     run_config = {**TINY_RUN, "output-dir": str(tmp_path), "run-name": "run", **overrides}
-    return run_federation(InProcessGrid(client_app, nodes, run_config, intercept), run_config)
+    return local_federation(run_config, nodes, intercept)[0]
 
 
 def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(run_dir)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from fedra_core.allocation import last_block_allocation
 from fedra_core.calibration import calibrate_head
 from fedra_core.run_config import load_run_config
 from fedra_core.training import TrainSettings
+from server_app.outputs import read_metrics
 
 
 def _plain_model(backbone_path, state, depth: int) -> torch.nn.Module:
@@ -115,7 +116,7 @@ def test_small_and_prefix_global_models_are_evaluated_at_their_depth(tmp_path, m
     cfg = load_run_config({**json.loads((run_dir / "config.json").read_text())})
     state = load_checkpoint(run_dir / "checkpoint.safetensors").global_state
     model = _plain_model(resolve_backbone(cfg.backbone_spec()).path, state, depth=depth)
-    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    last = read_metrics(run_dir)[-1]
     for domain, data in test_sets(cfg.data_spec(), cfg.eval_max_examples).items():
         x, y = map(torch.stack, zip(*[data[i] for i in range(len(data))]))
         with torch.no_grad():
@@ -168,7 +169,7 @@ def test_head_calibration_through_the_apps_sends_the_rest_read_only(tmp_path):
         assert not own & context and {int(k.split(".")[1]) for k in context} == set(range(12)) - blocks
         assert set(reply.content["arrays"].keys()) == own  # the context is not sent back
         assert "t-calibrate" in reply.content["metrics"]
-    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    record = read_metrics(run_dir)[-1]
     sent = [sum(len(a.data) for name in ("arrays", "context") if name in m.content for a in m.content[name].values())
             for m in messages]
     assert sorted(record["bytes-sent"].values()) == sorted(sent)

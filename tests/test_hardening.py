@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from fedra_core import aggregate_fedra
 from fedra_core.run_config import ConfigError, load_run_config
 from server_app.app import RunError
 from server_app.checkpoint import load_checkpoint
+from server_app.outputs import read_metrics
 
 BAD = 103  # the node that misbehaves
 
@@ -71,7 +71,7 @@ def test_bad_reply_is_rejected_and_round_equals_good_replies_alone(tmp_path, kin
         return reply
 
     run_dir, grid, _ = run_inprocess(tmp_path, intercept=corrupt, **{"num-server-rounds": 1, "max-update-norm": 1000.0})
-    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    record = read_metrics(run_dir)[-1]
     assert list(record["rejected"]) == [str(BAD)] and record["accepted"] == [101, 102]
     blocks = [list(m.content["config"]["blocks"]) for m, _ in good]
     expected = aggregate_fedra(
@@ -87,13 +87,13 @@ def test_bad_reply_is_rejected_and_round_equals_good_replies_alone(tmp_path, kin
 def test_dead_node_is_dropped_and_too_few_replies_skip_the_round(tmp_path):
     drop = lambda node_id, message, reply: None if node_id == BAD else reply  # noqa: E731
     run_dir, _, _ = run_inprocess(tmp_path, intercept=drop, **{"num-server-rounds": 1})
-    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    record = read_metrics(run_dir)[-1]
     assert record["rejected"] == {str(BAD): "no reply (node failed or timed out)"} and not record["skipped"]
 
     with pytest.raises(RunError, match="every round of .* was skipped"):  # a run that never trained fails
         run_inprocess(tmp_path / "b", intercept=drop, **{"num-server-rounds": 1, "min-replies": 3})
     run_dir = tmp_path / "b" / "run"
-    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    record = read_metrics(run_dir)[-1]
     assert record["skipped"]
     final = load_checkpoint(run_dir / "checkpoint.safetensors").global_state
     initial = initial_global_state(TINY_RUN)
@@ -109,7 +109,7 @@ def test_node_raising_mid_round_does_not_crash_the_run(tmp_path):
         return reply
 
     run_dir, _, _ = run_inprocess(tmp_path, intercept=boom, **{"num-server-rounds": 2})
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     assert [r["accepted"] for r in records[1:]] == [[101, 102], [101, 102]]
 
 

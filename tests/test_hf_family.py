@@ -28,6 +28,7 @@ from fedra_core.data.node_data import LabelSpace, NodeDataError, NodeDataSpec, l
 from fedra_core.evaluation import evaluate_global_model
 from fedra_core.families import family_named
 from fedra_core.lora import add_lora, export_peft_adapter, load_trainable_state
+from server_app.outputs import read_metrics
 
 # initializer_range 0.2 (BERT's is 0.02): a random frozen encoder whose [CLS] output depends on the input
 TINY_BERT = dict(
@@ -367,10 +368,8 @@ def test_tokens_format_refusals_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_federation_of_token_nodes_exports_an_adapter_plain_transformers_reproduces(tmp_path, checkpoint):
-    from client_app.app import app as client_app
     from fedra_core.run_config import load_run_config
-    from runners.local import InProcessGrid
-    from server_app.app import run_federation
+    from runners.local import local_federation
     from server_app.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
     nodes, roots = {}, {}
@@ -382,8 +381,8 @@ def test_federation_of_token_nodes_exports_an_adapter_plain_transformers_reprodu
         "local-steps": 5, "batch-size": 16, "lr": 0.1, "eval-batch-size": 8,
         "output-dir": str(tmp_path / "runs"), "run-name": "run",
     }
-    run_dir = run_federation(InProcessGrid(client_app, nodes, run_config), run_config)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    run_dir, _ = local_federation(run_config, nodes)
+    records = read_metrics(run_dir)
     assert [r["round"] for r in records] == [0, 1, 2]
     last = records[-1]
     assert sorted(last["accepted"]) == [401, 402, 403] and last["eval-rejected"] == {}

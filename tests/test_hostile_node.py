@@ -3,7 +3,6 @@ the server, an out-of-scale update is refused by default, replies are sized befo
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -17,6 +16,7 @@ from fedra_core.methods import get_method
 from server_app.discovery import NodeDiscovery
 from server_app.strategy import FedRAStrategy, NodeInfo
 from server_app.validation import RejectedReply, ReplyLimits, check_reply, norm_outliers
+from server_app.outputs import read_metrics
 
 L = 3
 STATE = {f"blocks.{j}.attn.proj.lora_A.weight": torch.zeros(2, 4) for j in range(L)} | {"head.bias": torch.zeros(5)}
@@ -236,7 +236,7 @@ def test_the_1e30_attack_through_the_apps_leaves_evaluation_finite(tmp_path):
         return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": reply.content["metrics"]}), reply_to=message)
 
     run_dir, _, _ = run_inprocess(tmp_path, intercept=attack, **{"num-server-rounds": 2})
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     for r in records[1:]:
         assert r["accepted"] == [101, 102] and "max-update-norm-ratio" in r["rejected"]["103"]
         assert all(math.isfinite(v) for v in r["loss"].values())

@@ -4,7 +4,6 @@ precision settings (testable without a GPU)."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 
@@ -16,6 +15,7 @@ from fedra_core.methods import get_method
 from fedra_core.run_config import ConfigError
 from server_app.strategy import FedRAStrategy, NodeInfo
 from app_helpers import run_inprocess, train_messages
+from server_app.outputs import read_metrics
 
 DOMAINS = ["a", "a", "b", "b", "c", "c"]  # two nodes per domain
 
@@ -85,7 +85,7 @@ def test_capacity_outside_range_reported_later_is_ignored_and_logged(tmp_path, c
         run_dir, _, _ = run_inprocess(tmp_path, intercept=claim_99, **{"num-server-rounds": 2})
     finally:
         logger.removeHandler(caplog.handler)
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     assert [r["capacities"] for r in records[1:]] == [[12, 6, 3], [12, 6, 3]]
     assert [r["accepted"] for r in records[1:]] == [[101, 102, 103]] * 2  # its update is still used
     assert "node 102: capacity-layers 99 is outside 1..12; keeping capacity 6" in caplog.text
@@ -120,8 +120,8 @@ def test_server_device_setting(monkeypatch):
 def test_bf16_on_cpu_trains_and_evaluates_under_autocast(tmp_path):
     full, _, full_replies = run_inprocess(tmp_path / "fp32", **{"num-server-rounds": 1})
     half, _, half_replies = run_inprocess(tmp_path / "bf16", **{"num-server-rounds": 1, "bf16": True})
-    fp32 = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()][-1]
-    bf16 = [json.loads(x) for x in (half / "metrics.jsonl").read_text().splitlines()][-1]
+    fp32 = read_metrics(full)[-1]
+    bf16 = read_metrics(half)[-1]
     assert math.isfinite(bf16["train-loss"]) and bf16["train-loss"] != fp32["train-loss"]  # autocast changed the maths
     assert bf16["train-loss"] == pytest.approx(fp32["train-loss"], rel=0.05)  # ... by bf16 rounding only
     assert set(bf16["accuracy"]) == set(fp32["accuracy"])

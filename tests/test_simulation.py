@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from app_helpers import TINY_RUN
 from runners.simulate import prepare_assets, run_simulation
+from server_app.outputs import read_metrics
 
 
 @pytest.mark.slow
@@ -20,6 +20,6 @@ def test_flwr_run_simulation_writes_the_run_folder(tmp_path):
     for name in ("metrics.jsonl", "summary.md", "accuracy.png", "allocation.png", "checkpoint.safetensors",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
         assert (run_dir / name).is_file(), name
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     assert [r["round"] for r in records] == [0, 1, 2]
     assert all(len(r["accepted"]) == 3 and sorted(map(sum, r["allocation"])) == [3, 6, 12] for r in records[1:])

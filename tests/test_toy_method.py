@@ -4,7 +4,6 @@ and runs it through the real ServerApp and ClientApp without touching any other 
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from fedra_core.allocation import validate_capacities
 from fedra_core.methods import LocalRound, Method, MethodConfig, register_method, unregister_method
 from fedra_core.run_config import ConfigError, load_run_config
 from runners.local import run_local
+from server_app.outputs import read_metrics
 
 
 class LastKConfig(MethodConfig):
@@ -75,7 +75,7 @@ def test_toy_method_runs_through_the_apps(lastk, tmp_path, zero_bias):
     run_config = {**TINY_RUN, "method": "lastk", "capacities": "6,3,3", "num-server-rounds": 2,
                   "output-dir": str(tmp_path), "run-name": "toy", "lastk-zero-head-bias": zero_bias}
     run_dir = run_local(run_config, 3)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     last6, last3 = [0] * 6 + [1] * 6, [0] * 9 + [1] * 3
     for r in records[1:]:
         assert r["allocation"] == [last6, last3, last3] and r["accepted"] == r["node-ids"]

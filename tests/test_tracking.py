@@ -19,6 +19,7 @@ import pytest
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 from runners.local import run_local
 from server_app import tracking
+from server_app.outputs import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {k: v for k, v in json.loads((REPO / "tests" / "data" / "refactor_baseline.json").read_text())["fedra/vit"]["config"].items()
@@ -32,7 +33,7 @@ def _run(tmp_path: Path, intercept=None, **overrides) -> Path:
 
 
 def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return read_metrics(run_dir)
 
 
 def _expected(records: list[dict]) -> dict[tuple[str, int], float]:
