@@ -65,15 +65,18 @@ class Method:
     allocation, which every method must define.
 
     Class attributes: ``name`` (the run config's ``method`` value), ``summary`` (one line for the
-    README's method table), ``config_class`` (its knobs, a :class:`MethodConfig`) and
-    ``client_step`` (the name of its step after local training, timed as ``t-<client_step>``; empty
-    when it has none).
+    README's method table), ``config_class`` (its knobs, a :class:`MethodConfig`), ``client_step``
+    (the name of its step after local training, timed as ``t-<client_step>``; empty when it has
+    none) and ``holder_mean`` (True when its server step is exactly the per-block mean of the
+    holders' states, with no method-specific use of individual updates: what secure aggregation
+    and per-block differential privacy can stand in for).
     """
 
     name: ClassVar[str]
     summary: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     client_step: ClassVar[str] = ""
+    holder_mean: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig | None = None, num_rounds: int = 0) -> None:
         """Take the method's knobs (its ``config_class``; defaults when None) and the run's length."""

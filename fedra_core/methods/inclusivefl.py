@@ -90,6 +90,7 @@ class InclusiveFL(Method):
     summary = "clients train prefixes of their capacity; deeper blocks' momentum distilled into shallow tops"
     config_class = InclusiveFLConfig
     config: InclusiveFLConfig
+    holder_mean = False  # mixes each client's top-block update with momentum before the mean
 
     def __init__(self, config: InclusiveFLConfig | None = None, num_rounds: int = 0) -> None:  # noqa: D107
         super().__init__(config, num_rounds)
