@@ -48,7 +48,7 @@ def train_client_round(
     state = {k: v.to("cpu") for k, v in trainable_state(model).items()}
     del model
     lap("train")
-    job = LocalRound(recipe, list(blocks), state, context, data, capacity, settings, torch.device(device), seed + 1)
+    job = LocalRound(recipe.backbone, recipe.lora, list(blocks), state, context, data, capacity, settings, torch.device(device), seed + 1)
     replaced = method.after_local_training(job)
     if replaced is not None:
         state.update(replaced)

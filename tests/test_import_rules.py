@@ -16,24 +16,9 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_only(tree: ast.AST) -> set[int]:
-    """ids of the import nodes under ``if TYPE_CHECKING:`` (annotations only: never executed)."""
-    return {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-        for stmt in node.body
-        for inner in ast.walk(stmt)
-    }
-
-
-def _imports(path: Path, runtime_only: bool = False) -> set[str]:
+def _imports(path: Path) -> set[str]:
     out: set[str] = set()
-    tree = ast.parse(path.read_text())
-    skip = _type_only(tree) if runtime_only else set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -42,8 +27,8 @@ def _imports(path: Path, runtime_only: bool = False) -> set[str]:
     return out
 
 
-def _sources(package: str, runtime_only: bool = False) -> dict[str, set[str]]:
-    return {_module(p): _imports(p, runtime_only) for p in sorted((REPO / package).rglob("*.py"))}
+def _sources(package: str) -> dict[str, set[str]]:
+    return {_module(p): _imports(p) for p in sorted((REPO / package).rglob("*.py"))}
 
 
 def _offending(package: str, forbidden: tuple[str, ...]) -> list[str]:
@@ -71,9 +56,7 @@ def test_methods_and_families_never_import_the_demo_or_data():
 
 
 def test_engine_has_no_import_cycle():
-    # a type-only import (under ``if TYPE_CHECKING:``) runs no code: the method interface may name
-    # the model recipe that holds a method
-    sources = _sources("fedra_core", runtime_only=True)
+    sources = _sources("fedra_core")
     graph = {m: {n for n in names if n in sources and n != m} for m, names in sources.items()}
     for module, names in graph.items():  # a package import means its __init__; ignore self/parent edges
         graph[module] = {n for n in names if not module.startswith(n + ".")}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -21,13 +21,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fedra_core.aggregation import aggregate_fedra
+from fedra_core.backbones import Backbone
 from fedra_core.families import ModelFamily
+from fedra_core.lora import LoraSettings
 from fedra_core.settings_model import SettingsModel
 from fedra_core.state import State, keys_for_blocks
 from fedra_core.training import TrainSettings
-
-if TYPE_CHECKING:  # the recipe holds a method: imported for the annotation only
-    from fedra_core.trainable import ModelRecipe
 
 
 class MethodConfig(SettingsModel):
@@ -43,13 +42,14 @@ class MethodConfig(SettingsModel):
 class LocalRound:
     """What a method's client step after local training may use.
 
-    recipe: backbone, LoRA settings and method; blocks: the client's blocks this round; state: its
+    backbone: the node's frozen backbone; lora: the run's LoRA settings; blocks: the client's blocks this round; state: its
     trained state by canonical key (CPU); context: the read-only global state it received besides
     its own (:meth:`Method.context_keys`); data: its training split; capacity: the most blocks it may
     hold at a time; settings: the local training settings; device; seed: the step's seed.
     """
 
-    recipe: ModelRecipe
+    backbone: Backbone
+    lora: LoraSettings
     blocks: Sequence[int]
     state: Mapping[str, torch.Tensor]
     context: Mapping[str, torch.Tensor]

@@ -55,11 +55,12 @@ class FedRA(Method):
     def after_local_training(self, job: LocalRound) -> State | None:
         """With head calibration, on a client that does not hold every block: the head trained on
         full-depth features of its trained blocks and the received state of the others."""
-        if not self.config.head_calibration_steps or len(job.blocks) >= job.recipe.backbone.num_layers:
+        if not self.config.head_calibration_steps or len(job.blocks) >= job.backbone.num_layers:
             return None
         from fedra_core.calibration import calibrate_head  # only clients that calibrate pay for it
+        from fedra_core.trainable import ModelRecipe
 
         return calibrate_head(
-            job.recipe, {**job.context, **job.state}, job.data, job.capacity, job.settings,
+            ModelRecipe(job.backbone, job.lora, self), {**job.context, **job.state}, job.data, job.capacity, job.settings,
             self.config.head_calibration_steps, job.device, seed=job.seed,
         )
