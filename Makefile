@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fedra-installed
 export FEDRA_CACHE ?= $(CURDIR)/.cache/fedra
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: venv demo test test-fast test-compose backbone data clean bench bench-accuracy bench-wire bench-memory bench-aggregation bench-overhead bench-deployed
+.PHONY: venv demo test test-fast test-compose backbone data clean bench bench-accuracy bench-wire bench-memory bench-aggregation bench-overhead bench-deployed bench-privacy
 
 $(STAMP): pyproject.toml Makefile docker/requirements-torch.txt
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ bench-overhead: venv
 
 bench-deployed: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.deployed_rounds
+
+bench-privacy: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.privacy_accuracy --jobs 2
 
 clean:
 	rm -rf $(VENV) .cache runs .flwr_home

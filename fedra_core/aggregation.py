@@ -28,27 +28,12 @@ def aggregate_fedra(
     FedRA does. Raises ValueError when a client returns a key of a block outside its row, a key
     the global state lacks or a tensor of the wrong shape, or when the sizes do not match.
     """
-    allocation = np.asarray(allocation, dtype=bool)
     n = len(client_states)
-    if allocation.ndim != 2 or allocation.shape[0] != n:
-        raise ValueError(f"allocation has shape {allocation.shape}, expected ({n}, num_layers) for {n} client states")
     w = np.ones(n, dtype=np.float64) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ValueError(f"weights {list(np.atleast_1d(w))}: expected {n} finite non-negative numbers")
 
-    holders: dict[str, list[int]] = {k: [] for k in global_state}
-    for i, state in enumerate(client_states):
-        for key, tensor in state.items():
-            if key not in global_state:
-                raise ValueError(f"client {i} returned key {key!r} that the global state does not have")
-            j = block_of_key(key)
-            if j is not None and not (0 <= j < allocation.shape[1] and allocation[i, j]):
-                raise ValueError(f"client {i} returned key {key!r} of block {j}, which it was not allocated")
-            if tuple(tensor.shape) != tuple(global_state[key].shape):
-                raise ValueError(
-                    f"client {i} returned {key!r} with shape {tuple(tensor.shape)}, expected {tuple(global_state[key].shape)}"
-                )
-            holders[key].append(i)
+    holders = key_holders(global_state, client_states, allocation)
 
     new_state: State = {}
     for key, old in global_state.items():
@@ -62,3 +47,32 @@ def aggregate_fedra(
             acc.add_(client_states[i][key].detach().to(torch.float32), alpha=float(w[i]) / total)
         new_state[key] = acc.to(old.dtype)
     return new_state
+
+
+def key_holders(
+    global_state: Mapping[str, torch.Tensor], client_states: Sequence[Mapping[str, torch.Tensor]], allocation: np.ndarray
+) -> dict[str, list[int]]:
+    """Return, for every key of the global state, the indices of the clients that returned it.
+
+    Raises ValueError when the bool ``allocation`` (clients x blocks) does not have one row per
+    client state, or a client returns a key the global state lacks, a key of a block outside its
+    allocation row, or a tensor of the wrong shape.
+    """
+    allocation = np.asarray(allocation, dtype=bool)
+    n = len(client_states)
+    if allocation.ndim != 2 or allocation.shape[0] != n:
+        raise ValueError(f"allocation has shape {allocation.shape}, expected ({n}, num_layers) for {n} client states")
+    holders: dict[str, list[int]] = {k: [] for k in global_state}
+    for i, state in enumerate(client_states):
+        for key, tensor in state.items():
+            if key not in global_state:
+                raise ValueError(f"client {i} returned key {key!r} that the global state does not have")
+            j = block_of_key(key)
+            if j is not None and not (0 <= j < allocation.shape[1] and allocation[i, j]):
+                raise ValueError(f"client {i} returned key {key!r} of block {j}, which it was not allocated")
+            if tuple(tensor.shape) != tuple(global_state[key].shape):
+                raise ValueError(
+                    f"client {i} returned {key!r} with shape {tuple(tensor.shape)}, expected {tuple(global_state[key].shape)}"
+                )
+            holders[key].append(i)
+    return holders

@@ -9,8 +9,10 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from fedra_core import wire
 from fedra_core.lora import load_trainable_state, trainable_state
 from fedra_core.methods.base import LocalRound
+from fedra_core.privacy import clip_update
 from fedra_core.state import State
 from fedra_core.trainable import ModelRecipe
 from fedra_core.training import TrainResult, TrainSettings, train_local
@@ -34,8 +36,9 @@ def train_client_round(
 
     ``context``: the read-only global state sent besides the client's own keys (the method's
     ``context_keys``); ``round_config``: the training message's config (the method's per-round
-    values); ``seed`` seeds local training, ``seed + 1`` the method's client step. ``lap(phase)`` is
-    called after ``train`` and after the method's step (its ``client_step`` name), for timing.
+    values; with ``dp-clip-norm`` the returned state's update from ``received``, over every key,
+    is clipped to that L2 norm: :func:`fedra_core.privacy.clip_update`); ``seed`` seeds local
+    training, ``seed + 1`` the method's client step. ``lap(phase)`` is called after ``train`` and after the method's step (its ``client_step`` name), for timing.
     """
     method, family = recipe.method, recipe.family
     model = recipe.build(blocks, str(device))
@@ -53,4 +56,6 @@ def train_client_round(
     if replaced is not None:
         state.update(replaced)
         lap(method.client_step)
+    if wire.DP_CLIP_NORM in round_config:  # differential privacy: the whole update, clipped to L2 <= C
+        state = clip_update(state, received, float(round_config[wire.DP_CLIP_NORM]))
     return state, result

@@ -15,6 +15,7 @@ from fedra_core.data.node_data import LabelSpace
 from fedra_core.data.registry import dataset_entry, dataset_names
 from fedra_core.lora import LoraSettings
 from fedra_core.methods import Method, MethodConfig, get_method, method_class, method_knobs, method_names
+from fedra_core.privacy_config import PrivacyConfig  # dp-* keys (issue 23)
 from fedra_core.settings_model import SettingsModel, one_line
 from fedra_core.training import TrainSettings
 
@@ -47,7 +48,7 @@ def _parse_int_list(value: Any, key: str) -> list[int]:
 _LORA, _TRAIN = LoraSettings(), TrainSettings()  # the engine's defaults, defined once
 
 
-class RunConfig(SettingsModel):
+class RunConfig(PrivacyConfig, SettingsModel):
     """Validated run configuration (keys are the kebab-case names of pyproject's ``[tool.flwr.app.config]``).
 
     A method's knobs are not fields here: each method declares them in its own ``config_class``

@@ -17,6 +17,7 @@ BLOCKS = "blocks"            # the node's sorted global block indices (evaluatio
 FINGERPRINT = "fingerprint"  # of the frozen backbone; a node with other weights refuses
 METHOD = "method"
 SEED = "seed"
+DP_CLIP_NORM = "dp-clip-norm"  # train only, DP runs: the node clips its whole update to this L2 norm
 
 # node -> server: train reply metrics
 NUM_EXAMPLES = "num-examples"

@@ -21,7 +21,7 @@ from fedra_core.lora import export_peft_adapter, trainable_state
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 from fedra_core.state import State, clone_state
 from fedra_core.trainable import ModelRecipe
-from server_app import outputs, tracking
+from server_app import outputs, privacy_report, tracking
 from server_app.checkpoint import CHECKPOINT_NAME, ServerState, load_checkpoint, save_checkpoint
 from server_app.discovery import NodeDiscovery
 from server_app.exchange import send_and_receive
@@ -61,6 +61,7 @@ def prepare(cfg: RunConfig) -> tuple[ModelRecipe, State, ServerEvaluator | None]
     Everything that can fail on bad configuration fails here, before any training.
     """
     tracking.require(cfg.tracking)
+    privacy_report.require(cfg)
     try:
         backbone = resolve_backbone(cfg.backbone_spec())
     except ValueError as exc:
@@ -145,12 +146,14 @@ def set_up(grid: Grid, cfg: RunConfig) -> tuple[Federation, State]:
         seed=cfg.seed,
         weighted=cfg.aggregation == "examples",
         min_replies=cfg.min_replies,
-        limits=ReplyLimits(cfg.max_update_norm, cfg.max_update_norm_ratio, cfg.max_examples),
+        # DP: no ratio check (it would let one node's update decide whether another's counts); clipping bounds the norm
+        limits=ReplyLimits(cfg.max_update_norm, 0.0 if cfg.dp_settings() else cfg.max_update_norm_ratio, cfg.max_examples),
         sampling=cfg.client_sampling,
         clients_per_round=cfg.clients_per_round,
         on_reject=lambda kind, _round, node, reason: left_out[kind].__setitem__(str(node), reason),
         # a deployed node could claim another's test split; in simulation the operator runs every node
         share_eval_sets=not isinstance(grid, HttpGrid),
+        privacy=cfg.dp_settings(),
     )
     strategy.summary()
     fed = Federation(grid, cfg, recipe, strategy, NodeDiscovery(cfg.query_timeout), server_eval,
@@ -297,6 +300,7 @@ def _resumable_config(cfg: RunConfig) -> dict:
 
 def _log_record(fed: Federation, record: dict) -> None:
     """Append the round's record to metrics.jsonl, hand it to the tracker and print its progress line."""
+    record.update(privacy_report.epsilon_entry(fed.cfg, fed.run_dir, record))  # DP runs: epsilon so far
     outputs.append_metrics(fed.run_dir, record)
     fed.tracker.log_round(record)
     parts = [f"round {record['round']}/{fed.cfg.num_server_rounds}"]
@@ -313,6 +317,8 @@ def _log_record(fed: Federation, record: dict) -> None:
         parts.append(f"accuracy {100 * record['average']:.2f}%")
     if "server-average" in record:
         parts.append(f"server-side {100 * record['server-average']:.2f}%")
+    if "epsilon" in record:
+        parts.append(f"epsilon {record['epsilon']:.3g}")
     log.info(" | ".join(parts))
 
 

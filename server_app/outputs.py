@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from flwr.app import MetricRecord
 
+from server_app.privacy_summary import privacy_lines
+
 
 def _timings(metrics: MetricRecord) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
@@ -138,6 +140,7 @@ def write_summary(run_dir: Path, config: dict[str, Any], records: list[dict[str,
         "",
         f"sent to nodes: {sent / 1e6:.3f} MB; received from nodes: {received / 1e6:.3f} MB; rejected replies: {rejected}",
         "",
+        *privacy_lines(config, records),
     ]
     path = run_dir / "summary.md"
     path.write_text("\n".join(text))

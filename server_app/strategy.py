@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import Strategy
 from fedra_core import wire
 from fedra_core.data.partition import sample_round_clients
 from fedra_core.methods import Method
+from fedra_core.privacy import DPSettings, clip_excess, noise_generator, noisy_holder_mean
 from fedra_core.state import State
 from server_app.exchange import match_replies
 from server_app.validation import (
@@ -122,6 +123,11 @@ class FedRAStrategy(Strategy):
         Ask one node per reported ``eval-set`` (partitions of one domain in simulation hold the same
         test split). Off in deployment: a node could claim another node's split and keep it from
         being evaluated, so every node evaluates its own.
+    privacy : DPSettings | None (default: None)
+        Per-block client-level DP (:mod:`fedra_core.privacy`): each training message carries
+        ``dp-clip-norm``, a reply whose update norm exceeds it is rejected, and the accepted ones
+        are folded by :func:`~fedra_core.privacy.noisy_holder_mean` instead of the method's
+        aggregation (only methods whose step is the holders' per-block mean; the run config checks).
     """
 
     def __init__(
@@ -137,6 +143,7 @@ class FedRAStrategy(Strategy):
         clients_per_round: int = 0,
         on_reject: RejectHook | None = None,
         share_eval_sets: bool = False,
+        privacy: DPSettings | None = None,
     ) -> None:
         self.method = method
         self.num_layers = num_layers
@@ -149,6 +156,7 @@ class FedRAStrategy(Strategy):
         self.clients_per_round = clients_per_round
         self.on_reject = on_reject
         self.share_eval_sets = share_eval_sets
+        self.privacy = privacy
         self.nodes: dict[int, NodeInfo] = {}
         self._round: _Round | None = None
         self._eval_messages: dict[int, Message] = {}
@@ -208,6 +216,7 @@ class FedRAStrategy(Strategy):
                     wire.METHOD: self.method.name,
                     wire.SEED: int(self.seed),
                     **extra,
+                    **({wire.DP_CLIP_NORM: self.privacy.clip_norm} if self.privacy else {}),  # DP: the node clips
                 }
             )
             current.sent[node.node_id] = sent
@@ -239,7 +248,11 @@ class FedRAStrategy(Strategy):
             if not reply.has_error() and wire.ARRAYS in reply.content and isinstance(reply.content[wire.ARRAYS], ArrayRecord):
                 received_bytes[node_id] = record_nbytes(reply.content[wire.ARRAYS])
             try:
-                states[node_id], claims[node_id] = check_reply(reply, current.sent[node_id], self.limits)
+                state, claim = check_reply(reply, current.sent[node_id], self.limits)
+                unclipped = self.privacy and clip_excess(claim.update_norm, self.privacy.clip_norm, current.sent[node_id])
+                if unclipped:  # DP: the node must have clipped its update
+                    raise RejectedReply(unclipped)
+                states[node_id], claims[node_id] = state, claim
             except RejectedReply as exc:
                 rejected.append(node_id)
                 self._reject("train", server_round, node_id, str(exc))
@@ -278,7 +291,11 @@ class FedRAStrategy(Strategy):
             return None, MetricRecord(record)
         allocation = current.allocation[[row_of[n] for n in accepted]]
         weights = [claims[n].num_examples for n in accepted] if self.weighted else None
-        new_state = self.method.aggregate(current.global_state, [states[n] for n in accepted], allocation, weights)
+        if self.privacy:  # DP: each block's sum over its holders, noised, over the holder count
+            new_state = noisy_holder_mean(current.global_state, [states[n] for n in accepted], allocation,
+                                          self.privacy.noise_std, noise_generator(self.seed, server_round))
+        else:
+            new_state = self.method.aggregate(current.global_state, [states[n] for n in accepted], allocation, weights)
         n_ex = np.array([claims[n].num_examples for n in accepted], dtype=float)
         record["train-loss"] = float(np.dot(n_ex, [claims[n].loss for n in accepted]) / n_ex.sum())
         return ArrayRecord(new_state), MetricRecord(record)
