@@ -42,7 +42,7 @@ from server_app.exchange import match_replies, send_and_receive
 from server_app.secagg_strategy import SecAggStrategy, ThinAllocation, round_segments
 from server_app.shamir_batch import ShareError, combine_many
 from server_app.strategy import NodeInfo, node_timings, record_nbytes
-from server_app.validation import RejectedReply, _check_error, _record, _times, number
+from server_app.validation import NO_REPLY, RejectedReply, _check_error, _record, _times, number
 
 log = logging.getLogger("fedra")
 CURVE = ec.SECP256R1()
@@ -364,7 +364,9 @@ def _collect(grid: Grid, strategy: SecAggStrategy, secagg: SecAggRound, messages
     index_of = {n.node_id: i for i, n in enumerate(secagg.nodes)}
     replies = send_and_receive(grid, list(messages.values()), cfg.round_timeout)
     received = time.time()
+    answered: set[int] = set()
     for node_id, reply in match_replies(messages, replies, "training reply", secagg.server_round):
+        answered.add(node_id)
         index = index_of[node_id]
         if not reply.has_error() and isinstance(reply.content.array_records.get(wire.ARRAYS), ArrayRecord):
             uploads.received_bytes[index] = record_nbytes(reply.content[wire.ARRAYS])
@@ -376,6 +378,9 @@ def _collect(grid: Grid, strategy: SecAggStrategy, secagg: SecAggRound, messages
         uploads.vectors[index], uploads.examples[index], uploads.losses[index] = vectors, examples, loss
         uploads.times[index] = node_timings(times, received)
         strategy._update_capacity(node_id, capacity)
+    for node_id in messages:
+        if node_id not in answered:
+            reject(node_id, NO_REPLY)
 
 
 def apply_means(strategy: SecAggStrategy, global_state: State, secagg: SecAggRound, sums: Mapping[int, np.ndarray], cfg: RunConfig) -> State:
