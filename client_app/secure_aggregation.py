@@ -15,6 +15,7 @@ at least ``secagg-min-holders`` holders, and that the unmasking request is consi
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
 
@@ -60,8 +61,6 @@ def load_private(data: bytes) -> ec.EllipticCurvePrivateKey:
 
 def pair_seed(own: ec.EllipticCurvePrivateKey, other: ec.EllipticCurvePublicKey) -> bytes:
     """The 32-byte seed two nodes agree on (ECDH and HKDF, Flower's ``generate_shared_key``)."""
-    import base64
-
     return base64.urlsafe_b64decode(generate_shared_key(own, other))
 
 

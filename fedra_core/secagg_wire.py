@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from fedra_core.secure_sum import SecAggError, Segment
-from fedra_core.wire import SECAGG as RECORD  # the record every secure-aggregation message carries
+from fedra_core.wire import SECAGG as RECORD  # noqa: F401  (the record every secure-aggregation message carries)
 
 # message types (query.<name>)
 SETUP = "secagg_setup"

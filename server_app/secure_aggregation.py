@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
 from flwr.serverapp import Grid
 
@@ -175,7 +175,7 @@ def exchange_shares(grid: Grid, secagg: SecAggRound, timeout: float, reject) -> 
                 secagg.inbox.setdefault(dst, []).append((src, ciphertext))
 
 
-def secagg_train_record(secagg: SecAggRound, index: int, cfg: RunConfig, weight_ref: float) -> ConfigRecord:
+def secagg_train_record(secagg: SecAggRound, index: int, weight_ref: float) -> ConfigRecord:
     """The ``secagg`` record of masker ``index``'s train message: its index, the maskers, the
     shares addressed to it, the segment table, the quantisation scale and the weight reference."""
     inbox = sorted(secagg.inbox.get(index, []))
@@ -294,7 +294,7 @@ def secure_train_round(grid: Grid, strategy: SecAggStrategy, server_round: int, 
             raise RoundFailed(f"{len(nodes)} node(s) take part; secure aggregation needs at least {max(2, cfg.secagg_min_holders)}")
         advertise_keys(grid, secagg, cfg.query_timeout, reject)
         exchange_shares(grid, secagg, cfg.query_timeout, reject)
-        messages = _train_messages(grid, strategy, secagg, server_round, global_state, cfg, allocation)
+        messages = _train_messages(grid, strategy, secagg, server_round, global_state, allocation)
         sent_bytes = {nid: sum(record_nbytes(m.content[k]) for k in (wire.ARRAYS, wire.CONTEXT) if k in m.content) for nid, m in messages.items()}
         _collect(grid, strategy, secagg, messages, cfg, uploads, reject)
         if len(uploads.vectors) < max(secagg.threshold, strategy.min_replies):
@@ -336,7 +336,7 @@ def secure_train_round(grid: Grid, strategy: SecAggStrategy, server_round: int, 
 
 
 def _train_messages(grid: Grid, strategy: SecAggStrategy, secagg: SecAggRound, server_round: int, global_state: State,
-                    cfg: RunConfig, allocation: np.ndarray) -> dict[int, Message]:
+                    allocation: np.ndarray) -> dict[int, Message]:
     """Stage 3's messages: the strategy's train messages for the maskers (allocation drawn over
     them), each with its ``secagg`` record; fills ``allocation`` (rows: the round's participants)
     and the round's segment table."""
@@ -354,7 +354,7 @@ def _train_messages(grid: Grid, strategy: SecAggStrategy, secagg: SecAggRound, s
     secagg.segments = round_segments(strategy.method, global_state, current.allocation, rows)
     weight_ref = max([1] + [n.num_train for n in current.nodes])
     for node_id, message in current.messages.items():
-        message.content[wire.SECAGG] = secagg_train_record(secagg, index_of[node_id], cfg, weight_ref)
+        message.content[wire.SECAGG] = secagg_train_record(secagg, index_of[node_id], weight_ref)
     return dict(current.messages)
 
 
