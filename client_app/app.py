@@ -73,6 +73,12 @@ def train(msg: Message, context: Context) -> Message:
         train_data, node.capacity, node.cfg.train_settings(), dict(config), node.device,
         seed=(int(config[wire.SEED]) * 1_000_003 + server_round * 10_007 + node.seed_offset) % 2**63, lap=clock.lap,
     )
+    arrays = ArrayRecord(state)
+    if wire.SECAGG in msg.content:  # secure aggregation: the delta, clipped, quantised and masked
+        from client_app.secure_aggregation import masked_arrays
+
+        arrays = masked_arrays(msg, context, state, msg.content[wire.ARRAYS].to_torch_state_dict(), result.num_examples)
+        clock.lap("mask")
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: result.num_examples,
@@ -83,7 +89,7 @@ def train(msg: Message, context: Context) -> Message:
             **clock.metrics(),
         }
     )
-    return Message(RecordDict({wire.ARRAYS: ArrayRecord(state), wire.METRICS: metrics}), reply_to=msg)
+    return Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics}), reply_to=msg)
 
 
 @app.evaluate()
@@ -111,3 +117,28 @@ def evaluate(msg: Message, context: Context) -> Message:
          **clock.metrics()}
     )
     return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
+
+
+# --- secure aggregation: the extra stages of a round (client_app/secure_aggregation.py) ---
+@app.query("secagg_setup")
+def secagg_setup(msg: Message, context: Context) -> Message:
+    """Make this round's key pairs; reply with the public halves."""
+    from client_app import secure_aggregation
+
+    return secure_aggregation.setup(msg, context)
+
+
+@app.query("secagg_shares")
+def secagg_shares(msg: Message, context: Context) -> Message:
+    """Reply with this node's Shamir shares, one encrypted share per other node."""
+    from client_app import secure_aggregation
+
+    return secure_aggregation.share_keys(msg, context)
+
+
+@app.query("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Reply with the shares that unmask the survivors' sum."""
+    from client_app import secure_aggregation
+
+    return secure_aggregation.unmask(msg, context)

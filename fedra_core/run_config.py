@@ -105,6 +105,12 @@ class RunConfig(PrivacyConfig, SettingsModel):
     round_timeout: float = Field(3600.0, alias="round-timeout", gt=0)
     query_timeout: float = Field(60.0, alias="query-timeout", gt=0)
     bf16: bool = _TRAIN.bf16
+    # --- secure aggregation (fedra_core/secure_sum.py; the apps' secure_aggregation modules) ---
+    secure_aggregation: bool = Field(False, alias="secure-aggregation")
+    secagg_threshold: float = Field(0.5, alias="secagg-threshold", gt=0, le=1)
+    secagg_min_holders: int = Field(2, alias="secagg-min-holders", ge=1)
+    secagg_clip_range: float = Field(8.0, alias="secagg-clip-range", gt=0)
+    # --- end secure aggregation ---
     _method_config: MethodConfig = PrivateAttr()
     _knobs: dict[str, Any] = PrivateAttr()  # every method's knobs, validated, by run-config key
 

@@ -40,3 +40,7 @@ NUM_TEST = "num-test"
 DOMAIN = "domain"
 EVAL_SET = "eval-set"  # id of a test split shared by several nodes (simulation), "" when the node's own
 DEVICE = "device"
+
+# --- secure aggregation: the ConfigRecord of its stages and of a masked train message; its keys and
+# message names are in fedra_core/secagg_wire.py ---
+SECAGG = "secagg"

@@ -24,7 +24,9 @@ from fedra_core.trainable import ModelRecipe
 from server_app import outputs, privacy_report, tracking
 from server_app.checkpoint import CHECKPOINT_NAME, ServerState, load_checkpoint, save_checkpoint
 from server_app.discovery import NodeDiscovery
+from server_app import secagg_strategy as secagg
 from server_app.exchange import send_and_receive
+from server_app.secure_aggregation import secure_train_round
 from server_app.server_eval import ServerEvaluator
 from server_app.strategy import FedRAStrategy
 from server_app.validation import ReplyLimits
@@ -139,7 +141,9 @@ def set_up(grid: Grid, cfg: RunConfig) -> tuple[Federation, State]:
     recipe, global_state, server_eval = prepare(cfg)
     backbone = recipe.backbone
     left_out: dict[str, dict[str, str]] = {"train": {}, "evaluate": {}}
-    strategy = FedRAStrategy(
+    secagg.check_config(cfg, recipe.method)  # secure aggregation: a method needing individual updates is refused
+    strategy_class = secagg.SecAggStrategy if cfg.secure_aggregation else FedRAStrategy
+    strategy = strategy_class(
         method=recipe.method,
         num_layers=backbone.num_layers,
         fingerprint=backbone.fingerprint,
@@ -156,6 +160,8 @@ def set_up(grid: Grid, cfg: RunConfig) -> tuple[Federation, State]:
         privacy=cfg.dp_settings(),
     )
     strategy.summary()
+    if cfg.secure_aggregation:
+        strategy.min_holders = cfg.secagg_min_holders
     fed = Federation(grid, cfg, recipe, strategy, NodeDiscovery(cfg.query_timeout), server_eval,
                      _run_dir(cfg), left_out)
     return fed, global_state
@@ -186,6 +192,8 @@ def start(fed: Federation, global_state: State) -> None:
     evaluate the untuned model as round 0."""
     fed.discover(fed.grid, fed.strategy, 0)
     _require_nodes(fed.strategy, fed.discover)
+    if fed.cfg.secure_aggregation:  # capacities that cannot keep secagg-min-holders are refused before any round
+        secagg.check_nodes(fed.strategy, global_state, fed.cfg.seed)
     fed.run_dir.mkdir(parents=True)
     (fed.run_dir / "metrics.jsonl").write_text("")
     cfg = fed.cfg
@@ -202,8 +210,11 @@ def train_round(fed: Federation, server_round: int, global_state: State) -> Stat
     fed.discover(grid, strategy, server_round)
     _require_nodes(strategy, fed.discover)
     fed.left_out["train"].clear()
-    messages = list(strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), grid))
-    new_arrays, metrics = strategy.aggregate_train(server_round, send_and_receive(grid, messages, cfg.round_timeout))
+    if cfg.secure_aggregation:  # key exchange, masked training, unmasking (server_app/secure_aggregation.py)
+        new_arrays, metrics = secure_train_round(grid, strategy, server_round, global_state, cfg)
+    else:
+        messages = list(strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), grid))
+        new_arrays, metrics = strategy.aggregate_train(server_round, send_and_receive(grid, messages, cfg.round_timeout))
     if new_arrays is not None:
         global_state = new_arrays.to_torch_state_dict()
     due = cfg.eval_every and (server_round % cfg.eval_every == 0 or server_round == cfg.num_server_rounds)

@@ -190,6 +190,11 @@ class FedRAStrategy(Strategy):
         picked = sample_round_clients([n.domain for n in nodes], rng, self.sampling, count)
         return [nodes[i] for i in picked]
 
+    def allocate(self, nodes: list[NodeInfo], server_round: int, global_state: State) -> np.ndarray:
+        """Return this round's bool allocation (``nodes`` x blocks): the method's draw (secure
+        aggregation's strategy constrains it)."""
+        return self.method.allocate([n.capacity for n in nodes], self.num_layers, self.round_rng(server_round))
+
     # --- Strategy API ---------------------------------------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -197,7 +202,7 @@ class FedRAStrategy(Strategy):
         """Return one train message per participating node with its blocks and their trainable state."""
         global_state = arrays.to_torch_state_dict()
         nodes = self.participants(server_round)
-        allocation = self.method.allocate([n.capacity for n in nodes], self.num_layers, self.round_rng(server_round))
+        allocation = self.allocate(nodes, server_round, global_state)
         self._round = current = _Round(nodes=nodes, allocation=allocation, global_state=global_state)
         extra = self.method.round_config(server_round)
         for node, row in zip(nodes, allocation):
