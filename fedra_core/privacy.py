@@ -126,3 +126,19 @@ def noisy_holder_mean(
         total += torch.randn(base.shape, generator=generator, dtype=torch.float64) * noise_std
         out[key] = (base + total / len(ids)).to(old.dtype)
     return out
+
+
+def noisy_segment_sums(
+    sums: Mapping[int, tuple[np.ndarray, float]], noise_std: float, generator: torch.Generator
+) -> dict[int, tuple[np.ndarray, float]]:
+    """Add N(0, ``noise_std``^2) to every element of each holder group's summed delta, as unmasked by
+    secure aggregation (segment id -> (flat sum, weight sum)); the weight sums (the holder counts,
+    public) stay. Groups are noised in ascending id order from ``generator``: the same generator
+    gives the same result. The per-block calibration of :func:`noisy_holder_mean`, for sums the
+    server only ever sees whole."""
+    out: dict[int, tuple[np.ndarray, float]] = {}
+    for seg_id in sorted(sums):
+        total, weight = sums[seg_id]
+        noise = torch.randn(total.shape, generator=generator, dtype=torch.float64).numpy() * noise_std
+        out[seg_id] = (total + noise, weight)
+    return out

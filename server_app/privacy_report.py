@@ -4,7 +4,7 @@ metrics.jsonl (and so in the experiment tracker); summary.md's section is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 

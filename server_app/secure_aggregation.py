@@ -36,13 +36,14 @@ from flwr.serverapp import Grid
 from fedra_core import secagg_wire as sw
 from fedra_core import secure_sum as ss
 from fedra_core import wire
+from fedra_core.privacy import noise_generator, noisy_segment_sums
 from fedra_core.run_config import RunConfig
 from fedra_core.state import State, block_of_key
 from server_app.exchange import match_replies, send_and_receive
 from server_app.secagg_strategy import SecAggStrategy, ThinAllocation, round_segments
 from server_app.shamir_batch import ShareError, combine_many
 from server_app.strategy import NodeInfo, node_timings, record_nbytes
-from server_app.validation import NO_REPLY, RejectedReply, _check_error, _record, _times, number
+from server_app.validation import NO_REPLY, RejectedReply, check_error, number, phase_times, typed_record
 
 log = logging.getLogger("fedra")
 CURVE = ec.SECP256R1()
@@ -100,8 +101,8 @@ def _exchange(grid: Grid, secagg: SecAggRound, messages: dict[int, Message], tim
     for node_id, reply in match_replies(by_node, send_and_receive(grid, list(by_node.values()), timeout), what, secagg.server_round):
         replied.add(index_of[node_id])
         try:
-            _check_error(reply)
-            _record(reply, sw.RECORD, ConfigRecord)
+            check_error(reply)
+            typed_record(reply, sw.RECORD, ConfigRecord)
         except RejectedReply as exc:
             reject(node_id, f"{what}: {exc}")
             continue
@@ -192,9 +193,9 @@ def check_masked_reply(reply: Message, segments: Sequence[ss.Segment], limits) -
     holds (checked before decoding) and well-typed metrics. Returns (vectors by segment id, example
     count, loss, phase times, capacity); RejectedReply otherwise. Norms cannot be checked: the
     node clips its own update (client_app/secure_aggregation.py)."""
-    _check_error(reply)
-    arrays = _record(reply, wire.ARRAYS, ArrayRecord)
-    metrics = _record(reply, wire.METRICS, MetricRecord)
+    check_error(reply)
+    arrays = typed_record(reply, wire.ARRAYS, ArrayRecord)
+    metrics = typed_record(reply, wire.METRICS, MetricRecord)
     expected = {str(s.id): s for s in segments}
     if set(arrays.keys()) != set(expected):
         raise RejectedReply(f"masked arrays {sorted(arrays.keys())[:4]} are not the node's segments {sorted(expected)[:4]}")
@@ -215,7 +216,7 @@ def check_masked_reply(reply: Message, segments: Sequence[ss.Segment], limits) -
     examples = int(number(metrics, wire.NUM_EXAMPLES, integer=True, lo=1, hi=limits.max_examples))
     loss = float(number(metrics, wire.TRAIN_LOSS)) if wire.TRAIN_LOSS in metrics else float("nan")
     capacity = number(metrics, wire.CAPACITY, integer=True, required=False)
-    return vectors, examples, loss, _times(metrics), capacity
+    return vectors, examples, loss, phase_times(metrics), capacity
 
 
 def unmask_sums(grid: Grid, secagg: SecAggRound, uploads: Mapping[int, Mapping[int, np.ndarray]], timeout: float, reject) -> dict[int, np.ndarray]:
@@ -388,6 +389,8 @@ def apply_means(strategy: SecAggStrategy, global_state: State, secagg: SecAggRou
     the one client holding every block that has a surviving holder (a holder-mean method's step is
     exactly that client's state there, the previous value elsewhere)."""
     decoded = ss.decode_sums(sums, secagg.segments, cfg.secagg_clip_range, ss.scale_for(len(secagg.maskers)))
+    if strategy.privacy:  # DP: each holder group's sum is noised before the division by its holder count
+        decoded = noisy_segment_sums(decoded, strategy.privacy.noise_std, noise_generator(strategy.seed, secagg.server_round))
     means = ss.means_by_key(decoded, secagg.segments)
     virtual = {}
     for key, mean in means.items():

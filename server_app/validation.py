@@ -84,7 +84,8 @@ class QueryClaim:
 
 
 # --- field checks --------------------------------------------------------------------------------
-def _record(reply: Message, name: str, kind: type) -> ArrayRecord | MetricRecord | ConfigRecord:
+def typed_record(reply: Message, name: str, kind: type) -> ArrayRecord | MetricRecord | ConfigRecord:
+    """Return the reply's record ``name``, which must be a ``kind``; RejectedReply names what is wrong."""
     content = reply.content
     if name not in content:
         raise RejectedReply(f"reply lacks its {name!r} record")
@@ -141,12 +142,12 @@ def _one_line(message: str, limit: int = 500) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def _times(metrics: MetricRecord) -> dict[str, float]:
+def phase_times(metrics: MetricRecord) -> dict[str, float]:
     """The node's phase times: every ``t-<phase>`` metric, a number >= 0 (``t-end`` a timestamp)."""
     return {key[len(wire.TIME_PREFIX):]: float(number(metrics, key, lo=0)) for key in metrics if key.startswith(wire.TIME_PREFIX)}
 
 
-def _check_error(reply: Message) -> None:
+def check_error(reply: Message) -> None:
     """Raise RejectedReply naming why an error reply came: the SuperLink's stand-in for a node whose
     heartbeats stopped, else the node's own error."""
     if not reply.has_error():
@@ -166,11 +167,11 @@ def check_reply(reply: Message, sent: Mapping[str, torch.Tensor], limits: ReplyL
     integer in 1..max-examples, a finite train-loss, capacity-layers an integer when present, phase
     times >= 0). Raises RejectedReply otherwise.
     """
-    _check_error(reply)
+    check_error(reply)
     if wire.ARRAYS not in reply.content or wire.METRICS not in reply.content:
         raise RejectedReply("reply lacks its 'arrays' or 'metrics' record")
-    arrays = _record(reply, wire.ARRAYS, ArrayRecord)
-    metrics = _record(reply, wire.METRICS, MetricRecord)
+    arrays = typed_record(reply, wire.ARRAYS, ArrayRecord)
+    metrics = typed_record(reply, wire.METRICS, MetricRecord)
     keys = set(arrays.keys())
     extra = sorted(keys - set(sent))
     missing = sorted(set(sent) - keys)
@@ -196,7 +197,7 @@ def check_reply(reply: Message, sent: Mapping[str, torch.Tensor], limits: ReplyL
         num_examples=int(examples),
         loss=float(number(metrics, wire.TRAIN_LOSS)) if wire.TRAIN_LOSS in metrics else math.nan,
         capacity=number(metrics, wire.CAPACITY, integer=True, required=False),
-        times=_times(metrics),
+        times=phase_times(metrics),
         update_norm=norm,
         group_norms={g: math.sqrt(s) for g, s in squared.items()},
     )
@@ -272,8 +273,8 @@ def check_eval_reply(reply: Message, limits: ReplyLimits, expected_examples: int
     missing, not an integer in range or not the reported size, accuracy lies outside [0, 1] or
     disagrees with correct / num-examples, or a value is not a finite number.
     """
-    _check_error(reply)
-    metrics = _record(reply, wire.METRICS, MetricRecord)
+    check_error(reply)
+    metrics = typed_record(reply, wire.METRICS, MetricRecord)
     for key in (wire.ACCURACY, wire.LOSS, wire.NUM_EXAMPLES, wire.CORRECT):
         if key not in metrics:
             raise RejectedReply(f"evaluation reply lacks {key!r}")
@@ -289,7 +290,7 @@ def check_eval_reply(reply: Message, limits: ReplyLimits, expected_examples: int
     loss = metrics[wire.LOSS]
     if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss) or loss < 0:
         raise RejectedReply(f"loss {_short(loss)} is not a finite number >= 0")
-    return EvalClaim(float(accuracy), float(loss), n, correct, _times(metrics))
+    return EvalClaim(float(accuracy), float(loss), n, correct, phase_times(metrics))
 
 
 # --- capacity-query replies ----------------------------------------------------------------------
@@ -306,8 +307,8 @@ def check_query_reply(reply: Message, limits: ReplyLimits) -> QueryClaim:
 
 
 def _query_claim(reply: Message, limits: ReplyLimits) -> QueryClaim:
-    metrics = _record(reply, wire.METRICS, MetricRecord)
-    config = _record(reply, wire.CONFIG, ConfigRecord)
+    metrics = typed_record(reply, wire.METRICS, MetricRecord)
+    config = typed_record(reply, wire.CONFIG, ConfigRecord)
     return QueryClaim(
         capacity=int(number(metrics, wire.CAPACITY, integer=True, lo=1)),
         partition_id=int(number(metrics, wire.PARTITION_ID, integer=True, lo=-1)),

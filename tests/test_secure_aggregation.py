@@ -19,7 +19,7 @@ from fedra_core import secagg_wire as sw
 from fedra_core.run_config import ConfigError
 from server_app.outputs import read_metrics
 from server_app.shamir_batch import combine_many
-from tests.app_helpers import run_inprocess
+from app_helpers import run_inprocess
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -150,3 +150,26 @@ def test_below_threshold_round_keeps_the_model_and_the_run_goes_on(tmp_path):
     assert _max_diff(by_round[0], by_round[1]) == 0.0
     assert _max_diff(by_round[1], by_round[2]) > 0.0
     np.testing.assert_equal(len(by_round), 3)
+
+
+@pytest.mark.slow
+def test_secure_aggregation_with_dp_noises_each_blocks_sum_over_its_holders(tmp_path):
+    # one round, the same training (the tiny run's updates, norms ~0.14, stay under C = 1): the DP
+    # run's adapter differs from the plain secure run's by the noise alone, N(0, (zC)^2) on each
+    # block's unmasked sum divided by its holder count k, so each block's difference has std zC/k
+    z, c = 0.01, 1.0
+    common = {"num-server-rounds": 1, "secagg-min-holders": 1, "secure-aggregation": True, "eval-every": 0}
+    plain_dir, _, _ = run_inprocess(tmp_path / "plain", **common)
+    dp_dir, _, _ = run_inprocess(tmp_path / "dp", **{**common, "dp-noise-multiplier": z, "dp-clip-norm": c})
+    record = read_metrics(dp_dir)[1]
+    assert record["epsilon"] > 0
+    holders = np.asarray(record["allocation"]).sum(axis=0)
+    plain, noisy = _adapter(plain_dir), _adapter(dp_dir)
+    by_block: dict[int, list[torch.Tensor]] = {}
+    for key in plain:
+        if ".blocks." in key and "lora_" in key:
+            by_block.setdefault(int(key.split(".blocks.")[1].split(".")[0]), []).append((noisy[key] - plain[key]).double().flatten())
+    assert by_block
+    for block, diffs in by_block.items():
+        std = float(torch.cat(diffs).std())
+        assert std == pytest.approx(z * c / holders[block], rel=0.1), (block, holders[block], std)
