@@ -28,7 +28,7 @@ from flwr.common.secure_aggregation.crypto.shamir import create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
 from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_concat, share_keys_plaintext_separate
 
-from fedra_core import secagg_wire as sw
+from fedra_core.wire import SecAgg as sw
 from fedra_core import secure_sum as ss
 from fedra_core.run_config import RunConfig, load_run_config
 
@@ -157,7 +157,7 @@ def masked_arrays(
     if len(maskers) < int(state[sw.THRESHOLD]):
         raise ss.SecAggError(f"{len(maskers)} maskers, fewer than the threshold {int(state[sw.THRESHOLD])}")
     _store_shares(state, index, maskers, [int(i) for i in config[sw.SHARE_SRC]], list(config[sw.CIPHERTEXTS]))
-    segments = sw.table_from_config(config)
+    segments = ss.table_from_config(config)
     thin = ss.thin_segments(segments, cfg.secagg_min_holders, alive=maskers)
     if thin or any(not set(s.holders) <= set(maskers) for s in segments):
         raise ss.SecAggError(f"a segment has holders outside the maskers or fewer than secagg-min-holders {cfg.secagg_min_holders}")
@@ -178,7 +178,7 @@ def masked_arrays(
     seeds = {v: pair_seed(mask_sk, load_public(mask_keys[v])) for v in partners}
     masked = ss.mask_update(encoded, index, mine, server_round, bytes(state["self-seed"]), seeds)
     state[sw.MASKERS] = maskers
-    state[sw.SEG_HOLDERS] = sw.table_to_config(segments)[sw.SEG_HOLDERS]
+    state[sw.SEG_HOLDERS] = ss.table_to_config(segments)[sw.SEG_HOLDERS]
     state[sw.SEG_HOLDER_COUNTS] = [len(s.holders) for s in segments]
     return ArrayRecord({str(sid): Array(vec) for sid, vec in masked.items()})
 
@@ -219,7 +219,7 @@ def unmask(msg: Message, context: Context) -> Message:
         raise ss.SecAggError("survivors and dropped nodes are not a split of the maskers with this node surviving")
     if len(survivors) < int(state[sw.THRESHOLD]):
         raise ss.SecAggError(f"{len(survivors)} survivors, fewer than the threshold {int(state[sw.THRESHOLD])}")
-    segments = sw.table_from_config({sw.SEG_KEYS: [], sw.SEG_KEY_COUNTS: [0] * len(state[sw.SEG_HOLDER_COUNTS]), sw.SEG_SIZES: [],
+    segments = ss.table_from_config({sw.SEG_KEYS: [], sw.SEG_KEY_COUNTS: [0] * len(state[sw.SEG_HOLDER_COUNTS]), sw.SEG_SIZES: [],
                                      sw.SEG_HOLDERS: state[sw.SEG_HOLDERS], sw.SEG_HOLDER_COUNTS: state[sw.SEG_HOLDER_COUNTS]})
     if ss.thin_segments(segments, cfg.secagg_min_holders, alive=survivors):
         raise ss.SecAggError(f"unmasking would reveal a block summed over fewer than secagg-min-holders {cfg.secagg_min_holders} survivors")

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from fedra_core.wire import SecAgg
+
 MODULUS_BITS = 32
 INT32_MAX = 2**31 - 1
 
@@ -274,3 +276,34 @@ def means_by_key(decoded: Mapping[int, tuple[np.ndarray, float]], segments: Sequ
             out[key] = total[start:start + size] / weight
             start += size
     return out
+
+
+def table_to_config(segments: Sequence[Segment]) -> dict[str, list]:
+    """Return the segment table as five flat lists (keys, sizes and holders, with per-segment counts)."""
+    return {
+        SecAgg.SEG_KEYS: [k for s in segments for k in s.keys],
+        SecAgg.SEG_KEY_COUNTS: [len(s.keys) for s in segments],
+        SecAgg.SEG_SIZES: [n for s in segments for n in s.sizes],
+        SecAgg.SEG_HOLDERS: [h for s in segments for h in s.holders],
+        SecAgg.SEG_HOLDER_COUNTS: [len(s.holders) for s in segments],
+    }
+
+
+def table_from_config(config: Mapping) -> list[Segment]:
+    """Read the segment table written by :func:`table_to_config`; SecAggError when it is malformed."""
+    try:
+        keys, key_counts, sizes = list(config[SecAgg.SEG_KEYS]), list(config[SecAgg.SEG_KEY_COUNTS]), list(config[SecAgg.SEG_SIZES])
+        holders, holder_counts = list(config[SecAgg.SEG_HOLDERS]), list(config[SecAgg.SEG_HOLDER_COUNTS])
+    except (KeyError, TypeError):
+        raise SecAggError("the segment table is missing or not lists") from None
+    if (len(key_counts) != len(holder_counts) or sum(key_counts) != len(keys) or len(sizes) != len(keys)
+            or sum(holder_counts) != len(holders) or any(c < 0 for c in key_counts + holder_counts)):
+        raise SecAggError("the segment table's counts do not match its lists")
+    segments, k, h = [], 0, 0
+    for sid, (nk, nh) in enumerate(zip(key_counts, holder_counts)):
+        seg_holders = tuple(int(x) for x in holders[h:h + nh])
+        if list(seg_holders) != sorted(set(seg_holders)):
+            raise SecAggError(f"segment {sid}'s holders are not distinct and sorted")
+        segments.append(Segment(sid, tuple(str(x) for x in keys[k:k + nk]), tuple(int(x) for x in sizes[k:k + nk]), seg_holders))
+        k, h = k + nk, h + nh
+    return segments

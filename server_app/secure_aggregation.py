@@ -33,7 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
 from flwr.serverapp import Grid
 
-from fedra_core import secagg_wire as sw
+from fedra_core.wire import SecAgg as sw
 from fedra_core import secure_sum as ss
 from fedra_core import wire
 from fedra_core.privacy import noise_generator, noisy_segment_sums
@@ -184,7 +184,7 @@ def secagg_train_record(secagg: SecAggRound, index: int, weight_ref: float) -> C
         sw.ROUND: secagg.server_round, sw.INDEX: index, sw.MASKERS: secagg.maskers,
         sw.SHARE_SRC: [src for src, _ in inbox], sw.CIPHERTEXTS: [c for _, c in inbox],
         sw.SCALE: ss.scale_for(len(secagg.maskers)), sw.WEIGHT_REF: float(weight_ref),
-        **sw.table_to_config(secagg.segments),
+        **ss.table_to_config(secagg.segments),
     })
 
 

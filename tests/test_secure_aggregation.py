@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from safetensors.torch import load_file
 
 from bench.secagg_overhead import simulate_round
-from fedra_core import secagg_wire as sw
+from fedra_core.wire import SecAgg as sw
 from fedra_core.run_config import ConfigError
 from server_app.outputs import read_metrics
 from server_app.shamir_batch import combine_many
