@@ -74,17 +74,23 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
     ids=["fedra", "inclusivefl", "depthfl", "fedra-killed-while-writing"],
 )
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(tmp_path, method, in_write):
-    full_dir, _, _ = run_inprocess(tmp_path / "full", intercept=shrink, **{"num-server-rounds": 4, "method": method})
-    expected = load_checkpoint(full_dir / "checkpoint.safetensors")
-    full_records = [json.loads(x) for x in (full_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r.get("capacities") for r in full_records[1:]] == [[12, 6, 3], [12, 4, 3], [12, 4, 3], [12, 4, 3]]
-
     out = tmp_path / "killed"
     ckpt = out / "run" / "checkpoint.safetensors"
     # same thread count as this process: float reductions, hence the bits, depend on it
     script = KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out), threads=torch.get_num_threads(),
                                method=method, in_write=in_write)
+    # the run to kill starts first, in a process of its own; it stops for good at the point where it is
+    # killed (below), and meanwhile the uninterrupted run goes on here (one thread each: the same bits)
     proc = processes.start([sys.executable, "-c", script], env=os.environ.copy())
+    try:
+        full_dir, _, _ = run_inprocess(tmp_path / "full", intercept=shrink, **{"num-server-rounds": 4, "method": method})
+    except BaseException:
+        processes.stop(proc, sig=signal.SIGKILL)
+        raise
+    expected = load_checkpoint(full_dir / "checkpoint.safetensors")
+    full_records = [json.loads(x) for x in (full_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("capacities") for r in full_records[1:]] == [[12, 6, 3], [12, 4, 3], [12, 4, 3], [12, 4, 3]]
+
     if in_write:
         _kill_when(proc, lambda: Path(str(ckpt) + ".blocked").is_file())
         assert ckpt.with_name(ckpt.name + ".tmp").is_file()  # killed with round 3's file written but not renamed
