@@ -5,7 +5,7 @@ the SuperLink keeping its state in a SQLite ``--database``.
 
 1. The SuperLink (and with it the running ServerApp) is SIGKILLed after round 2's checkpoint and
    started again on the same database; the operator resubmits with ``resume=true`` and the run ends
-   bit-identical to an uninterrupted run on the same nodes.
+   bit-identical to an uninterrupted run on the same nodes (submitted at the same time as the resumed one).
 2. A fault drill in one run: a SuperNode SIGKILLed in the middle of round 2 (the round closes at
    ``round-timeout`` without it; started again, it takes part in a later round), a SuperNode frozen
    (SIGSTOP) through round 3 (dropped from that round, then asked again), and four nodes that never take part:
@@ -14,7 +14,8 @@ the SuperLink keeping its state in a SQLite ``--database``.
    naming it and the reason, and the run goes on.
 
 Everything started is stopped by process id: the misconfigured nodes by the shared federation before
-its next use (which also starts the frozen SuperNode afresh), the rest at the end of the session.
+its next use (which also starts the frozen SuperNode afresh), the rest after the session's last test
+that uses the federation.
 """
 
 from __future__ import annotations
