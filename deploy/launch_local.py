@@ -319,14 +319,17 @@ class LocalFederation:
         self.wait_for_nodes(len(nodes), timeout)
 
     # --- running ----------------------------------------------------------------------------------
-    def run_app(self, run_config: Mapping[str, object], timeout: float | None = None, echo: bool = False) -> RunResult:
+    def run_app(
+        self, run_config: Mapping[str, object], timeout: float | None = None, echo: bool = False, log_name: str = "flwr-run.log"
+    ) -> RunResult:
         """Run the app in this repo with ``flwr run --stream`` (``deploy/run_app.sh``); wait for its end.
 
         ``run_config`` overrides ``[tool.flwr.app.config]``. With ``echo`` the log is also printed.
+        The output goes to ``logs/<log_name>`` (runs at the same time need a log each).
         On timeout the ``flwr run`` client is stopped and TimeoutError raised.
         """
         overrides = [format_run_config({k: v}) for k, v in run_config.items()]
-        log = self.logs / "flwr-run.log"
+        log = self.logs / log_name
         command = [
             str(DEPLOY / "run_app.sh"), "--connection", self.connection, "--flwr-home", str(self.operator_home),
             "--app", str(REPO), *overrides,

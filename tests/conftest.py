@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -75,3 +76,41 @@ def tensors_read(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(submodel_mod, "safe_open", Recording)
     return read
+
+
+_deployment = None  # the session's SharedFederation once started (see deployment)
+_last_deployment_test = None  # the last test of the session that uses it
+
+
+def pytest_collection_modifyitems(session, config, items):
+    global _last_deployment_test
+    users = [item for item in items if "deployment" in getattr(item, "fixturenames", ())]
+    _last_deployment_test = users[-1] if users else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if item is _last_deployment_test and _deployment is not None:
+        _deployment.stop()  # no later test needs it: stop it now rather than at the end of the session
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory):
+    """The session's real federation (tests/shared_federation.py): SuperLink with TLS, SuperNode
+    authentication and a database, Fleet proxy on 127.0.0.2, three imagefolder SuperNodes. Started on
+    first use, shared by the deployment, control-API and fault tests, stopped by process id after the
+    last test that uses it (or at the end of the session)."""
+    global _deployment
+    missing = [tool for tool in ("openssl", "ssh-keygen") if shutil.which(tool) is None]
+    assert not missing, f"the deployment tests need {missing} on PATH (Debian: apt-get install openssl openssh-client)"
+    if shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") is None:
+        pytest.fail("nginx not found: the Fleet API proxy (deploy/fleet_proxy.sh) needs it; apt-get install nginx-light (.ci/run does)", pytrace=False)
+    from shared_federation import SharedFederation
+
+    _deployment = SharedFederation(tmp_path_factory.mktemp("shared-federation"))
+    try:
+        yield _deployment
+    finally:
+        _deployment.stop()  # by process id, also after a failed start
+        _deployment = None

@@ -3,10 +3,11 @@
 Real processes on loopback, TLS and SuperNode authentication as ``deploy/start_superlink.sh`` sets
 them up (through ``deploy.launch_local``): the SuperLink's public side (the Fleet API proxy,
 ``deploy/fleet_proxy.sh``) on 127.0.0.2, the SuperLink itself (Control and Runtime API) on
-127.0.0.1 only, where the operator's flwr CLI talks to it. An outsider holding only ``ca.crt``
-(which every SuperNode host gets) and pointing the deploy scripts and the flwr CLI at the public
-address can neither register a SuperNode key, nor list runs, nor start one; the operator can;
-two SuperNodes connected to 127.0.0.2 train one FedRA round.
+127.0.0.1 only, where the operator's flwr CLI talks to it (the session's shared federation,
+``tests/shared_federation.py``). An outsider holding only ``ca.crt`` (which every SuperNode host
+gets) and pointing the deploy scripts and the flwr CLI at the public address can neither register
+a SuperNode key, nor list runs, nor start one; the operator can; the three SuperNodes connected to
+127.0.0.2 train one FedRA round.
 
 Against the unprotected set-up (the outsider's connection pointed at the SuperLink's own port,
 which is what Flower's one-port SuperLink exposes on a public address) the refusal tests fail:
@@ -16,8 +17,6 @@ the outsider registers its key, lists runs and starts a run.
 from __future__ import annotations
 
 import http.client
-import json
-import os
 import shutil
 import socket
 import ssl
@@ -34,35 +33,23 @@ if str(REPO) not in sys.path:  # deploy/ is not installed: import it from the ch
     sys.path.insert(0, str(REPO))
 
 from deploy.launch_local import LocalFederation, NodeSpec, flwr_json  # noqa: E402
+from shared_federation import PUBLIC, SITES  # noqa: E402
 from test_deploy import RUN  # noqa: E402  (the tiny ViT run of the deployment test)
+from server_app.outputs import read_metrics
 
 DEPLOY = REPO / "deploy"
-PUBLIC = "127.0.0.2"
-NODES = [NodeSpec(12, data_format="digits", domain="mnist"), NodeSpec(6, data_format="digits", domain="usps")]
 OUTSIDER = "outsider"  # connection name of the ca.crt holder, and the name of its key
 
 
-def _nginx() -> str | None:
-    return shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-
-
 @pytest.fixture(scope="module")
-def federation(request, tmp_path_factory) -> LocalFederation:
-    """SuperLink (TLS + node auth, Fleet proxy on 127.0.0.2) and two SuperNodes on 127.0.0.2, online."""
+def federation(deployment) -> LocalFederation:
+    """The shared SuperLink (TLS + node auth, Fleet proxy on 127.0.0.2) and its three SuperNodes on
+    127.0.0.2, online."""
     from fedra_core import resolve_backbone
-    from fedra_core.data.digits import build_digits
     from fedra_core.run_config import load_run_config
 
-    missing = [tool for tool in ("openssl", "ssh-keygen") if shutil.which(tool) is None]
-    assert not missing, f"the test needs {missing} on PATH (Debian: apt-get install openssl openssh-client)"
-    if _nginx() is None:
-        pytest.fail("nginx not found: the Fleet API proxy (deploy/fleet_proxy.sh) needs it; apt-get install nginx-light (.ci/run does)", pytrace=False)
-    resolve_backbone(load_run_config(RUN).backbone_spec())  # built once here, not in three processes at once
-    build_digits(0)  # the nodes' data (one digits domain each)
-    fed = LocalFederation(tmp_path_factory.mktemp("control-api"), public_host=PUBLIC)
-    request.addfinalizer(fed.stop)  # registered before anything starts: covers a failing start
-    fed.start(NODES, timeout=120)
-    return fed
+    resolve_backbone(load_run_config(RUN).backbone_spec())  # built once here, not in four processes at once
+    return deployment.ready()
 
 
 @pytest.fixture(scope="module")
@@ -191,11 +178,11 @@ def test_operator_registers_lists_and_runs_and_the_public_supernodes_train(feder
     before = _run_ids(federation)  # flwr ls works for the operator
 
     online = {int(n["node-id"]) for n in federation.online_nodes()}
-    assert len(online) == len(NODES)  # both SuperNodes connected to the public address
+    assert len(online) == len(SITES)  # the SuperNodes connected to the public address
     config = {**RUN, "num-server-rounds": 1, "eval-max-examples": 100, "run-name": "control-api", "output-dir": str(tmp_path / "runs")}
     result = federation.run_app(config, timeout=300)
     assert result.ok, f"run {result.run_id}: flwr run {result.returncode}, {result.status}:\n{result.output[-3000:]}"
     assert _run_ids(federation) == sorted([*before, result.run_id])
-    records = [json.loads(line) for line in (tmp_path / "runs" / "control-api" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(tmp_path / "runs" / "control-api")
     assert [r["round"] for r in records] == [0, 1]
     assert set(records[1]["accepted"]) == online

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,14 @@ from fedra_core.demo.backbone import (
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A cache of this module's own for the backbone builds, holding a copy of the session cache's
+    digits benchmark (the pre-training data: built once per session, not again here)."""
+    from fedra_core.data.digits import build_digits
+
+    digits = build_digits(0)
     root = tmp_path_factory.mktemp("fedra_cache")
+    (root / digits.parent.name).mkdir()
+    shutil.copyfile(digits, root / digits.parent.name / digits.name)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FEDRA_CACHE", str(root))
         yield root

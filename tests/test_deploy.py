@@ -1,24 +1,25 @@
 """End-to-end deployment: a real SuperLink and three real SuperNodes (capacities 12, 6, 3) on
 loopback with TLS and SuperNode authentication, brought up by ``deploy.launch_local`` through the
-scripts in ``deploy/``. Each node holds only its own folder of images (imagefolder layout, one
-domain each); the ServerApp holds no data; evaluation comes from the nodes. Three FedRA rounds run
-with ``flwr run``; after round 1 one node's folder gets an unreadable image and the run goes on
-without that node. Plus the refusals: an unregistered SuperNode key, and clients that lack the
-federation's CA certificate.
+scripts in ``deploy/`` (the session's shared federation, ``tests/shared_federation.py``). Each node
+holds only its own folder of images (imagefolder layout, one domain each); the ServerApp holds no
+data; evaluation comes from the nodes. Three FedRA rounds run with ``flwr run``; after round 1 one
+node's folder gets an unreadable image and the run goes on without that node. Plus the refusals:
+an unregistered SuperNode key, and clients that lack the federation's CA certificate.
 
-Everything is started once per module and stopped by process id by a finalizer, also when a test
-or the set-up fails. The tests run in file order: the refusals are probed after the run.
+The federation is stopped by process id at the end of the session, also when a test or the set-up
+fails. The tests run in file order: the refusals are probed after the run. The unreadable image
+is repaired after this module, for the next users of the federation.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import ssl
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +33,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # deploy/ is not installed: import it from the checkout
     sys.path.insert(0, str(REPO))
 
-MISSING_TOOLS = [tool for tool in ("openssl", "ssh-keygen") if shutil.which(tool) is None]
-
 from deploy.launch_local import LocalFederation, NodeSpec  # noqa: E402
 
-from app_helpers import write_imagefolder  # noqa: E402
-
 # three organisations, each with one folder of its own images (imagefolder layout)
-SITES = [("site-a", "mnist", 12), ("site-b", "printed", 6), ("site-c", "usps", 3)]
+from shared_federation import SITES, TEST_IMAGES  # noqa: E402
+from server_app.outputs import read_metrics
+
 CAPACITIES = [cap for _, _, cap in SITES]
-TEST_IMAGES = 60
 RUN = {
     "backbone": "vit",
     "backbone-kwargs": json.dumps({"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 12, "num_heads": 2}),
@@ -54,18 +52,22 @@ RUN = {
 
 
 @pytest.fixture(scope="module")
-def site_folders(tmp_path_factory) -> dict[str, Path]:
-    """One temporary folder per organisation holding only its own domain's images; then the digits
-    benchmark the images came from is moved out of the cache, so no process can read it."""
+def federation(deployment) -> LocalFederation:
+    """The shared SuperLink (TLS + node auth) and the three SuperNodes, online."""
+    return deployment.ready()
+
+
+@pytest.fixture(scope="module")
+def site_folders(federation, deployment) -> dict[str, Path]:
+    """The organisations' folders, each holding only its own domain's images; while this module's
+    run and checks go on, the digits benchmark the images came from is moved out of the cache, so no
+    process can read it."""
     from fedra_core.data.digits import digits_file
 
-    out = {}
-    for site, domain, _ in SITES:
-        out[site] = write_imagefolder(tmp_path_factory.mktemp(site) / site, domain, max_train=96, max_test=TEST_IMAGES)
     digits = digits_file(0)
     hidden = digits.with_name(digits.name + ".hidden")
     digits.rename(hidden)
-    yield out
+    yield deployment.site_folders
     hidden.rename(digits)
 
 
@@ -78,18 +80,6 @@ def run_config(tmp_path_factory) -> dict:
     config = {**RUN, "output-dir": str(tmp_path_factory.mktemp("deploy-runs"))}
     resolve_backbone(load_run_config(config).backbone_spec())  # once here rather than in four processes at once
     return config
-
-
-@pytest.fixture(scope="module")
-def federation(request, tmp_path_factory, run_config, site_folders) -> LocalFederation:
-    """SuperLink (TLS + node auth) and the three SuperNodes, online; stopped by the finalizer."""
-    assert not MISSING_TOOLS, f"the deployment test needs {MISSING_TOOLS} on PATH (Debian: apt-get install openssl openssh-client)"
-    fed = LocalFederation(tmp_path_factory.mktemp("deploy-work"))
-    request.addfinalizer(fed.stop)  # registered before anything starts: covers a failing start
-    nodes = [NodeSpec(cap, data_format="imagefolder", data_root=str(site_folders[site]), domain=domain, name=site)
-             for site, domain, cap in SITES]
-    fed.start(nodes, timeout=120)
-    return fed
 
 
 def _corrupt_after_round_one(folder: Path, image: Path) -> threading.Thread:
@@ -110,26 +100,30 @@ def _corrupt_after_round_one(folder: Path, image: Path) -> threading.Thread:
 
 
 @pytest.fixture(scope="module")
-def run_dir(federation, run_config, site_folders) -> Path:
+def run_dir(federation, run_config, site_folders) -> Iterator[Path]:
     """Run 3 FedRA rounds with flwr run; after round 1 site-c's folder gets an unreadable image."""
     online = {int(n["node-id"]) for n in federation.online_nodes()}
     folder = Path(run_config["output-dir"]) / run_config["run-name"]
     victim = sorted((site_folders["site-c"] / "train").rglob("*.png"))[0]
-    watcher = _corrupt_after_round_one(folder, victim)
-    result = federation.run_app(run_config, timeout=600)
-    watcher.join(timeout=1)
-    # flwr run --stream exits 0 even when the ServerApp fails: ask the SuperLink how the run ended
-    assert result.ok, f"run {result.run_id}: flwr run {result.returncode}, {result.status}:\n{result.output[-3000:]}"
-    assert (folder / "metrics.jsonl").is_file(), f"no metrics written:\n{result.output[-3000:]}"
-    assert victim.read_bytes() == b"this is not an image", "the image was not corrupted during the run"
-    # the nodes that trained are the authenticated SuperNodes the SuperLink lists
-    rounds = _rounds(folder)
-    assert {n for r in rounds for n in r["node-ids"]} == online
-    return folder
+    image = victim.read_bytes()
+    try:
+        watcher = _corrupt_after_round_one(folder, victim)
+        result = federation.run_app(run_config, timeout=600)
+        watcher.join(timeout=1)
+        # flwr run --stream exits 0 even when the ServerApp fails: ask the SuperLink how the run ended
+        assert result.ok, f"run {result.run_id}: flwr run {result.returncode}, {result.status}:\n{result.output[-3000:]}"
+        assert (folder / "metrics.jsonl").is_file(), f"no metrics written:\n{result.output[-3000:]}"
+        assert victim.read_bytes() == b"this is not an image", "the image was not corrupted during the run"
+        # the nodes that trained are the authenticated SuperNodes the SuperLink lists
+        rounds = _rounds(folder)
+        assert {n for r in rounds for n in r["node-ids"]} == online
+        yield folder
+    finally:
+        victim.write_bytes(image)  # site-c's folder readable again for the next users of the federation
 
 
 def _rounds(folder: Path) -> list[dict]:
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(folder)
     return [r for r in records if r["round"] >= 1]
 
 
@@ -151,7 +145,7 @@ def _initial_global_state(run_config: dict) -> dict[str, torch.Tensor]:
 
 
 def test_each_node_trained_on_its_own_folder_and_evaluated_its_own_test_split(run_dir: Path) -> None:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir)
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     everyone = {"mnist": TEST_IMAGES, "printed": TEST_IMAGES, "usps": TEST_IMAGES}
     for r in records[:2]:  # before the corruption: three per-domain rows, reported by the nodes themselves
@@ -230,14 +224,14 @@ def test_supernode_without_ca_certificate_cannot_connect(federation: LocalFedera
 
 
 def test_tls_handshake_needs_the_federation_ca(federation: LocalFederation) -> None:
-    port = federation.port
+    host, port = federation.public_host, federation.port
     assert port is not None
     without_ca = ssl.create_default_context()  # the system's trust store only
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with socket.create_connection((host, port), timeout=10) as sock:
         with pytest.raises(ssl.SSLCertVerificationError):
             without_ca.wrap_socket(sock, server_hostname="localhost")
     with_ca = ssl.create_default_context(cafile=str(federation.certs / "ca.crt"))
-    for host in ("localhost", "127.0.0.1"):  # both are in the certificate's subjectAltName
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            with with_ca.wrap_socket(sock, server_hostname=host) as tls:
+    for name in ("localhost", "127.0.0.1"):  # both are in the certificate's subjectAltName
+        with socket.create_connection((host, port), timeout=10) as sock:
+            with with_ca.wrap_socket(sock, server_hostname=name) as tls:
                 assert tls.version() in ("TLSv1.2", "TLSv1.3")

@@ -1,10 +1,11 @@
 """Faults as they happen in a deployment, with real processes: a SuperLink and SuperNodes on
-loopback with TLS and SuperNode authentication (``deploy.launch_local``), the SuperLink keeping its
-state in a SQLite ``--database``.
+loopback with TLS and SuperNode authentication (``deploy.launch_local``; the session's shared
+federation, ``tests/shared_federation.py``: three SuperNodes, each with its own folder of images),
+the SuperLink keeping its state in a SQLite ``--database``.
 
 1. The SuperLink (and with it the running ServerApp) is SIGKILLed after round 2's checkpoint and
    started again on the same database; the operator resubmits with ``resume=true`` and the run ends
-   bit-identical to an uninterrupted run on the same nodes.
+   bit-identical to an uninterrupted run on the same nodes (submitted at the same time as the resumed one).
 2. A fault drill in one run: a SuperNode SIGKILLed in the middle of round 2 (the round closes at
    ``round-timeout`` without it; started again, it takes part in a later round), a SuperNode frozen
    (SIGSTOP) through round 3 (dropped from that round, then asked again), and four nodes that never take part:
@@ -12,7 +13,9 @@ state in a SQLite ``--database``.
    does not exist, one that never answers its capacity query; each is left out with one logged line
    naming it and the reason, and the run goes on.
 
-Everything started is stopped by process id by the fixture's finalizer.
+Everything started is stopped by process id: the misconfigured nodes by the shared federation before
+its next use (which also starts the frozen SuperNode afresh), the rest after the session's last test
+that uses the federation.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -41,9 +43,6 @@ from deploy.launch_local import LocalFederation, NodeSpec  # noqa: E402
 from app_helpers import TINY_RUN  # noqa: E402
 from server_app.checkpoint import load_checkpoint  # noqa: E402
 
-NODES = [NodeSpec(12, data_format="digits", domain="mnist", name="site-a"),
-         NodeSpec(6, data_format="digits", domain="printed", name="site-b"),
-         NodeSpec(3, data_format="digits", domain="usps", name="site-c")]
 # node-configs that must be refused; the value is what the one-line reason names. "hung" reads its
 # images from a folder holding a named pipe that nobody writes: its app blocks in the capacity query,
 # as on a stuck network mount, while the SuperNode itself stays connected.
@@ -57,23 +56,24 @@ RUN = {**{k: v for k, v in TINY_RUN.items() if k not in ("capacities", "domains"
 
 
 @pytest.fixture(scope="module")
-def federation(request, tmp_path_factory) -> LocalFederation:
-    """SuperLink with a database, the three good SuperNodes online; stopped by the finalizer."""
-    missing = [tool for tool in ("openssl", "ssh-keygen") if shutil.which(tool) is None]
-    assert not missing, f"the fault tests need {missing} on PATH (Debian: apt-get install openssl openssh-client)"
+def shared(deployment):
+    """The shared federation; after this module its frozen SuperNode is started afresh before the next use."""
+    yield deployment
+    deployment.dirty.update(["site-b", "site-c"])  # frozen and thawed; killed and started again
+
+
+@pytest.fixture(scope="module")
+def federation(shared) -> LocalFederation:
+    """The shared SuperLink (with its database) and its three SuperNodes online; the keys of the
+    misconfigured nodes made and registered."""
     from fedra_core.backbones import resolve_backbone
     from fedra_core.run_config import load_run_config
 
     resolve_backbone(load_run_config(RUN).backbone_spec())  # built once here, not in every process
-    fed = LocalFederation(tmp_path_factory.mktemp("faults"))
-    request.addfinalizer(fed.stop)
-    names = [n.key_name for n in NODES] + list(BAD_NODES)
-    fed.generate_credentials(names)
-    fed.start_superlink(database=fed.work_dir / "superlink" / "state.db")
-    fed.register(names)
-    for spec in NODES:
-        fed.start_supernode(spec)
-    fed.wait_for_nodes(len(NODES), timeout=180)
+    fed = shared.ready()
+    for name in BAD_NODES:
+        fed.new_key(name)
+    fed.register(list(BAD_NODES))
     return fed
 
 
@@ -107,12 +107,9 @@ def _in_background(action) -> threading.Thread:
     return thread
 
 
-def test_superlink_killed_and_restarted_then_resume_equals_uninterrupted(federation, tmp_path):
-    config = {**RUN, "num-server-rounds": 3, "eval-every": 3, "output-dir": str(tmp_path)}
-    reference = federation.run_app({**config, "run-name": "reference"}, timeout=600)
-    assert reference.ok, reference.output[-3000:]
-    expected = load_checkpoint(tmp_path / "reference" / "checkpoint.safetensors")
-
+def test_superlink_killed_and_restarted_then_resume_equals_uninterrupted(federation, shared, tmp_path):
+    # query-timeout: room for a node that has the other run's message to answer first (see below)
+    config = {**RUN, "num-server-rounds": 3, "eval-every": 3, "query-timeout": 180.0, "output-dir": str(tmp_path)}
     folder = tmp_path / "interrupted"
     ckpt = folder / "checkpoint.safetensors"
 
@@ -128,10 +125,20 @@ def test_superlink_killed_and_restarted_then_resume_equals_uninterrupted(federat
     assert [r["round"] for r in _records(folder)][-1] in (2, 3)  # round 3 may have begun, never finished
 
     federation.start_superlink()  # same port, same database: runs and registered SuperNodes kept
-    federation.wait_for_nodes(len(NODES), timeout=180)
+    federation.wait_for_nodes(len(shared.specs), timeout=180)
+    # The uninterrupted run on the same nodes runs at the same time as the resumed one: a SuperNode
+    # takes one message at a time, each in a ClientApp process of its own, so the runs do not mix.
+    runs: dict = {}
+    uninterrupted = _in_background(lambda: runs.update(reference=federation.run_app(
+        {**config, "run-name": "reference"}, timeout=600, log_name="flwr-run-reference.log")))
     resumed = federation.run_app({**config, "run-name": "interrupted", "resume": True}, timeout=600)
+    uninterrupted.join(timeout=660)
+    assert not uninterrupted.errors, uninterrupted.errors
+    reference = runs["reference"]
+    assert reference.ok, reference.output[-3000:]
     assert resumed.ok, resumed.output[-3000:]
     assert "resuming" in resumed.output and "after round 2" in resumed.output
+    expected = load_checkpoint(tmp_path / "reference" / "checkpoint.safetensors")
     got = load_checkpoint(ckpt)
     assert got.round == 3 and got.global_state.keys() == expected.global_state.keys()
     assert all(torch.equal(got.global_state[k], expected.global_state[k]) for k in expected.global_state)
@@ -152,7 +159,7 @@ def _start_bad_nodes(federation: LocalFederation, stuck: Path) -> None:
         federation.spawn(name, command)
 
 
-def test_fault_drill_nodes_crash_hang_and_misconfigure_and_the_run_goes_on(federation, tmp_path):
+def test_fault_drill_nodes_crash_hang_and_misconfigure_and_the_run_goes_on(federation, shared, tmp_path):
     folder = tmp_path / "drill"
     # the timeouts leave room for a node's cold start (a fresh app process, its data loaded) on 2 busy cores
     config = {**RUN, "num-server-rounds": 7, "eval-every": 7, "round-timeout": 40.0, "query-timeout": 45.0,
@@ -181,7 +188,7 @@ def test_fault_drill_nodes_crash_hang_and_misconfigure_and_the_run_goes_on(feder
         first = _records(folder)[1]
         usps = next(n for n, label in zip(first["node-ids"], first["node-labels"]) if label.startswith("usps"))
         _when(lambda: usps not in {int(n["node-id"]) for n in federation.online_nodes()}, timeout=180, step=2.0)
-        federation.start_supernode(NODES[2])  # the same node, started again
+        federation.start_supernode(shared.specs[2])  # the same node, started again
         _when(lambda: len(_records(folder)) > marks["killed"])  # that round closed
         marks["frozen"] = len(_records(folder))
         federation.pause("site-b")

@@ -27,6 +27,7 @@ if str(REPO) not in sys.path:
 
 from app_helpers import write_imagefolder  # noqa: E402
 from conftest import TINY_VIT  # noqa: E402
+from server_app.outputs import read_metrics
 
 TINY = (
     f"backbone='vit' backbone-weights='random' backbone-kwargs='{json.dumps(TINY_VIT)}' num-server-rounds=1 "
@@ -110,7 +111,7 @@ def test_readme_plain_flower_commands_run_a_round(tmp_path):
     finally:
         for proc in reversed(started):
             processes.stop(proc)
-    records = [json.loads(line) for line in (tmp_path / "runs" / "plain" / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path / "runs" / "plain")
     assert [r["round"] for r in records] == [0, 1]
     assert records[1]["capacities"] == [6] and records[1]["node-labels"] == ["hospital-a (6 blocks)"]
     assert records[1]["examples"] == {"hospital-a": 30}  # evaluated by the node on its own test split

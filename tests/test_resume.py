@@ -6,7 +6,6 @@ a missing, truncated or foreign checkpoint with one line naming the file."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 from runners import processes
 from server_app.checkpoint import CheckpointError, load_checkpoint
 from app_helpers import run_inprocess
+from server_app.outputs import read_metrics
 
 SHRINKING = 102  # reports 4 blocks instead of its configured 6 in every training reply
 
@@ -74,17 +74,23 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
     ids=["fedra", "inclusivefl", "depthfl", "fedra-killed-while-writing"],
 )
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(tmp_path, method, in_write):
-    full_dir, _, _ = run_inprocess(tmp_path / "full", intercept=shrink, **{"num-server-rounds": 4, "method": method})
-    expected = load_checkpoint(full_dir / "checkpoint.safetensors")
-    full_records = [json.loads(x) for x in (full_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r.get("capacities") for r in full_records[1:]] == [[12, 6, 3], [12, 4, 3], [12, 4, 3], [12, 4, 3]]
-
     out = tmp_path / "killed"
     ckpt = out / "run" / "checkpoint.safetensors"
     # same thread count as this process: float reductions, hence the bits, depend on it
     script = KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out), threads=torch.get_num_threads(),
                                method=method, in_write=in_write)
+    # the run to kill starts first, in a process of its own; it stops for good at the point where it is
+    # killed (below), and meanwhile the uninterrupted run goes on here (one thread each: the same bits)
     proc = processes.start([sys.executable, "-c", script], env=os.environ.copy())
+    try:
+        full_dir, _, _ = run_inprocess(tmp_path / "full", intercept=shrink, **{"num-server-rounds": 4, "method": method})
+    except BaseException:
+        processes.stop(proc, sig=signal.SIGKILL)
+        raise
+    expected = load_checkpoint(full_dir / "checkpoint.safetensors")
+    full_records = read_metrics(full_dir)
+    assert [r.get("capacities") for r in full_records[1:]] == [[12, 6, 3], [12, 4, 3], [12, 4, 3], [12, 4, 3]]
+
     if in_write:
         _kill_when(proc, lambda: Path(str(ckpt) + ".blocked").is_file())
         assert ckpt.with_name(ckpt.name + ".tmp").is_file()  # killed with round 3's file written but not renamed
@@ -101,7 +107,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(tmp_path, method, i
     assert all(torch.equal(got.method_state[k], expected.method_state[k]) for k in expected.method_state)
     if method == "inclusivefl":
         assert got.method_state  # the momentum is there and was restored, not rebuilt from nothing
-    records = [json.loads(x) for x in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(resumed_dir)
     assert [r["round"] for r in records] == [0, 1, 2, 3, 4]
     assert [r.get("capacities") for r in records] == [r.get("capacities") for r in full_records]
     assert [r.get("train-loss") for r in records] == [r.get("train-loss") for r in full_records]
