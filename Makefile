@@ -29,11 +29,15 @@ demo: venv
 TEST_ENV := FEDRA_CACHE=$(CURDIR)/.cache/tests HF_HUB_OFFLINE=1
 
 # everything but the docker-compose federation (its image build alone takes minutes: make test-compose)
+# Two workers (pytest-xdist): most of the slow tests wait on real processes and timeouts while the other
+# worker computes; the shared federation's users (xdist_group "federation") stay on one worker.
+XDIST := -n 2 --dist loadgroup
+
 test: venv
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not docker" --durations=15
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not docker" $(XDIST) --durations=15
 
 test-fast: venv
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not docker"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not docker" $(XDIST)
 
 # The docker-compose federation built and run for real (needs Docker; see tests/test_compose_up.py)
 test-compose: venv
