@@ -29,9 +29,10 @@ demo: venv
 TEST_ENV := FEDRA_CACHE=$(CURDIR)/.cache/tests HF_HUB_OFFLINE=1
 
 # everything but the docker-compose federation (its image build alone takes minutes: make test-compose)
-# Two workers (pytest-xdist): most of the slow tests wait on real processes and timeouts while the other
-# worker computes; the shared federation's users (xdist_group "federation") stay on one worker.
-XDIST := -n 2 --dist loadgroup
+# Two workers (pytest-xdist), one test file at a time each, the slowest first (tests/conftest.py):
+# most of the slow tests wait on real processes and timeouts while the other worker computes. Each
+# worker keeps its own test cache and, when it runs a deployment test, its own shared federation.
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
 test: venv
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not docker" $(XDIST) --durations=15

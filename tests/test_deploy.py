@@ -27,7 +27,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("federation")]  # one worker runs the shared federation's users
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # deploy/ is not installed: import it from the checkout

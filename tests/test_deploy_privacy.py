@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("federation")]  # one worker runs the shared federation's users
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # deploy/ is not installed: import it from the checkout
