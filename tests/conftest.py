@@ -86,15 +86,8 @@ _deployment = None  # the session's SharedFederation once started (see deploymen
 _last_deployment_test = None  # the last test of the session that uses it
 
 
-# Modules that mostly wait on real processes and timeouts run first (make test's two workers take one
-# file at a time, in this order): the longest waits overlap the other worker's computation.
-SLOW_FIRST = ("test_faults.py", "test_deploy.py", "test_control_api.py", "test_deploy_privacy.py", "test_readme_plain_flower.py")
-
-
 def pytest_collection_modifyitems(session, config, items):
     global _last_deployment_test
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: file order otherwise
     users = [item for item in items if "deployment" in getattr(item, "fixturenames", ())]
     _last_deployment_test = users[-1] if users else None
 
