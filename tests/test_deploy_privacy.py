@@ -7,7 +7,6 @@ is a Message-API message that a fresh ClientApp process on a SuperNode answers."
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -21,16 +20,13 @@ if str(REPO) not in sys.path:  # deploy/ is not installed: import it from the ch
     sys.path.insert(0, str(REPO))
 
 from shared_federation import SITES  # noqa: E402
+from test_deploy import RUN as DEPLOY_RUN  # noqa: E402
 from server_app.outputs import read_metrics  # noqa: E402
 
 Z, C, DELTA = 0.5, 1.0, 1e-5
 RUN = {
-    "backbone": "vit",
-    "backbone-kwargs": json.dumps({"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 12, "num_heads": 2}),
-    "backbone-weights": "random",
+    **DEPLOY_RUN,  # the tiny ViT run of the deployment test
     "num-server-rounds": 2,
-    "local-steps": 2,
-    "batch-size": 32,
     "run-name": "secagg-dp",
     "secure-aggregation": True,
     # capacities 12, 6, 3 over 12 blocks: some blocks have one holder in every draw (README: Privacy)
