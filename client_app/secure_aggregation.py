@@ -64,13 +64,6 @@ def pair_seed(own: ec.EllipticCurvePrivateKey, other: ec.EllipticCurvePublicKey)
     return base64.urlsafe_b64decode(generate_shared_key(own, other))
 
 
-def clip(delta: Mapping[str, np.ndarray], cfg: RunConfig) -> dict[str, np.ndarray]:
-    """The node-side clip of an update before masking (the server cannot check norms any more):
-    L2 norm at most ``max-update-norm`` when set. One call, so that per-block DP's clip
-    (``fedra_core.privacy``) can take its place."""
-    return ss.clip_update(delta, cfg.max_update_norm)
-
-
 # --- state ----------------------------------------------------------------------------------------
 def _cfg(context: Context) -> RunConfig:
     return load_run_config(dict(context.run_config))
@@ -170,7 +163,9 @@ def masked_arrays(
     weight = 1.0
     if cfg.aggregation == "examples":
         weight = min(num_examples / float(config[sw.WEIGHT_REF]), 1.0)
-    delta = clip({k: (trained[k].double() - received[k].double()).numpy() for k in received}, cfg)
+    # the server cannot check norms any more: the node clips to max-update-norm here (with DP on,
+    # train_client_round already clipped the whole update to dp-clip-norm)
+    delta = ss.clip_update({k: (trained[k].double() - received[k].double()).numpy() for k in received}, cfg.max_update_norm)
     encoded = ss.encode_update(delta, weight, mine, cfg.secagg_clip_range, scale, np.random.default_rng(int.from_bytes(os.urandom(16), "little")))
     mask_sk = load_private(state["mask-sk"])
     mask_keys = dict(zip(indexes, state[sw.MASK_KEYS]))
