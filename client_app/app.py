@@ -67,18 +67,20 @@ def train(msg: Message, context: Context) -> Message:
     train_data = node.data.train
     clock.lap("data")
     server_round = int(config[wire.SERVER_ROUND])
+    received = msg.content[wire.ARRAYS].to_torch_state_dict()
     read_only = msg.content[wire.CONTEXT].to_torch_state_dict() if wire.CONTEXT in msg.content else {}
     state, result = train_client_round(
-        node.recipe, [int(b) for b in config[wire.BLOCKS]], msg.content[wire.ARRAYS].to_torch_state_dict(), read_only,
+        node.recipe, [int(b) for b in config[wire.BLOCKS]], received, read_only,
         train_data, node.capacity, node.cfg.train_settings(), dict(config), node.device,
         seed=(int(config[wire.SEED]) * 1_000_003 + server_round * 10_007 + node.seed_offset) % 2**63, lap=clock.lap,
     )
-    arrays = ArrayRecord(state)
     if wire.SECAGG in msg.content:  # secure aggregation: the delta, clipped, quantised and masked
         from client_app.secure_aggregation import masked_arrays
 
-        arrays = masked_arrays(msg, context, state, msg.content[wire.ARRAYS].to_torch_state_dict(), result.num_examples)
+        arrays = masked_arrays(msg, context, state, received, result.num_examples)
         clock.lap("mask")
+    else:
+        arrays = ArrayRecord(state)
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: result.num_examples,
@@ -120,7 +122,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 # --- secure aggregation: the extra stages of a round (client_app/secure_aggregation.py) ---
-@app.query("secagg_setup")
+@app.query(wire.SecAgg.SETUP)
 def secagg_setup(msg: Message, context: Context) -> Message:
     """Make this round's key pairs; reply with the public halves."""
     from client_app import secure_aggregation
@@ -128,7 +130,7 @@ def secagg_setup(msg: Message, context: Context) -> Message:
     return secure_aggregation.setup(msg, context)
 
 
-@app.query("secagg_shares")
+@app.query(wire.SecAgg.SHARES)
 def secagg_shares(msg: Message, context: Context) -> Message:
     """Reply with this node's Shamir shares, one encrypted share per other node."""
     from client_app import secure_aggregation
@@ -136,7 +138,7 @@ def secagg_shares(msg: Message, context: Context) -> Message:
     return secure_aggregation.share_keys(msg, context)
 
 
-@app.query("secagg_unmask")
+@app.query(wire.SecAgg.UNMASK)
 def secagg_unmask(msg: Message, context: Context) -> Message:
     """Reply with the shares that unmask the survivors' sum."""
     from client_app import secure_aggregation
