@@ -1,5 +1,8 @@
-"""The FedRA ClientApp: answers capacity queries, trains the sub-model of the blocks it is sent and
-evaluates the full global model on the node's own test split.
+"""The node's message handlers: answer capacity queries, train the sub-model of the blocks a node is
+sent, evaluate the full global model on the node's own test split, and secure aggregation's stages.
+
+``app`` is a ClientApp of these handlers. The node's warm worker (client_app/worker.py) runs it for
+every message; the thin ClientApp (client_app/app.py) runs it in process when the worker is off.
 
 Every reply carries where the node's time went (``t-*`` metrics): process start-up and this module's
 imports on the first message of a process, then backbone, data, training or evaluation.

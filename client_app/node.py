@@ -16,16 +16,18 @@ from fedra_core.data.node_data import NodeData, NodeDataError, NodeDataSpec, loa
 from fedra_core.data.registry import node_formats
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 
+from client_app import worker_config
+
 if TYPE_CHECKING:  # built on first use: a capacity query imports no timm or peft
     from fedra_core.trainable import ModelRecipe
 
 NODE_KEYS = (
     "data-format", "data-root", "domain", "partition-id", "num-partitions", "capacity-layers", "device",
-    "backbone-weights", "num-threads",
+    "backbone-weights", "num-threads", *worker_config.KEYS,
 )
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=2)  # a warm worker keeps the backbones of at most two runs' settings
 def _backbone(spec: BackboneSpec) -> Backbone:
     return resolve_backbone(spec)
 
@@ -47,7 +49,8 @@ class NodeRuntime:
     default partition when partition-id is given), data-root, domain, partition-id (partition format),
     capacity-layers (else the run's ``capacities`` entry for this partition or domain), device
     (``cpu``, ``cuda``, ``cuda:1``; default: cuda when available), backbone-weights (a local
-    .safetensors overriding the run's), num-threads.
+    .safetensors overriding the run's), num-threads, and the warm worker's node-worker,
+    node-worker-idle, node-worker-timeout (client_app/worker_config.py).
     """
 
     cfg: RunConfig
