@@ -1,21 +1,29 @@
-"""Where a deployed round's time goes, next to the same rounds on the simulation engine.
+"""Where a deployed round's time goes, with and without the warm node worker, next to the same rounds
+on the simulation engine.
 
-Runs the same FedRA rounds twice: deployed (a SuperLink with TLS and node authentication and three
-SuperNodes on loopback, ``deploy.launch_local``; each node holds one digits domain, ``data-format
-digits``) and on Flower's simulation engine (three nodes on the same three domains as partitions).
-Every reply carries the node's own phase times (``train-timings`` / ``eval-timings`` in
-``metrics.jsonl``): process start-up (until the ClientApp module starts importing), the ClientApp's
-imports, backbone, data, training or evaluation, and the reply (from the node's reply to the
-server's receipt of all replies). Prints, per round and path, the mean over nodes of each phase and
-the round's wall time, and the deployed / simulated ratio of the steady rounds (round 2 on).
+Runs the same FedRA rounds on three paths: ``worker`` (a SuperLink with TLS and node authentication
+and three SuperNodes on loopback, ``deploy.launch_local``; each node holds one digits domain,
+``data-format digits``; every message answered by the node's warm worker, the default),
+``per-message`` (the same deployment with ``node-worker='off'``: Flower's fresh ClientApp process
+loads everything for every message, as before the worker) and ``simulated`` (Flower's simulation
+engine, three nodes on the same three domains as partitions). Every node and simulated client uses
+one torch thread. Every reply carries the node's own phase times (``train-timings`` /
+``eval-timings`` in ``metrics.jsonl``): process start-up (until the ClientApp module starts
+importing), the ClientApp's imports, the hand-over to the worker (``forward``), backbone, data,
+training or evaluation, and the reply (from the node's reply to the server's receipt of all replies).
+Prints, per round and path, the mean over nodes of each phase and the round's wall time, the steady
+rounds' (round 2 on) ratio to the simulated one, and the workers' memory after each round (resident
+and peak, from each worker's ``messages.jsonl``).
 
     python -m bench.deployed_rounds --rounds 4
+    python -m bench.deployed_rounds --rounds 20 --paths worker      # the workers' memory over 20 rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -38,20 +46,24 @@ RUN = {
     "eval-max-examples": 500,
     "lr": 0.05,
 }
-PHASES = ("startup", "imports", "backbone", "data", "train", "evaluate", "reply")
+PHASES = ("startup", "imports", "forward", "backbone", "data", "train", "evaluate", "reply")
+PATHS = ("worker", "per-message", "simulated")
 
 
-def run_deployed(run_config: dict[str, Any], work: Path) -> Path:
-    """Run the rounds on a loopback deployment; return the run folder."""
+def run_deployed(run_config: dict[str, Any], work: Path, node_worker: str) -> Path:
+    """Run the rounds on a loopback deployment with node-config ``node-worker`` = ``node_worker``;
+    return the run folder."""
     from deploy.launch_local import NodeSpec, local_federation
 
-    nodes = [NodeSpec(cap, data_format="digits", domain=d, name=f"node-{d}") for d, cap in zip(DOMAINS, CAPACITIES)]
-    config = {**run_config, "run-name": "deployed", "output-dir": str(work)}
-    with local_federation(nodes, work / "federation") as fed:
+    name = f"deployed-{node_worker}"
+    nodes = [NodeSpec(cap, data_format="digits", domain=d, name=f"node-{d}", threads=1, node_worker=node_worker)
+             for d, cap in zip(DOMAINS, CAPACITIES)]
+    config = {**run_config, "run-name": name, "output-dir": str(work)}
+    with local_federation(nodes, work / f"federation-{node_worker}") as fed:
         result = fed.run_app(config, timeout=3600)
     if not result.ok:
         raise RuntimeError(f"deployed run failed ({result.status}):\n{result.output[-3000:]}")
-    return work / "deployed"
+    return work / name
 
 
 def run_simulated(run_config: dict[str, Any], work: Path) -> Path:
@@ -59,6 +71,7 @@ def run_simulated(run_config: dict[str, Any], work: Path) -> Path:
     from runners.simulate import run_simulation
 
     config = {**run_config, "run-name": "simulated", "output-dir": str(work)}
+    os.environ["OMP_NUM_THREADS"] = "1"  # one torch thread per simulated client, as per deployed node
     code = run_simulation(config, len(DOMAINS), timeout=3600)
     if code != 0:
         raise RuntimeError(f"simulated run failed with exit code {code}")
@@ -86,16 +99,35 @@ def round_breakdown(run_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
+def worker_memory(cache: Path, since: float) -> dict[str, list[dict[str, float]]]:
+    """Return, per worker folder of ``cache`` that served messages since ``since``, the worker's resident
+    and peak memory (MiB) after each round: after the evaluation message of round r (the first
+    evaluation is round 0's)."""
+    from client_app import channel, worker_client
+
+    out = {}
+    for folder in worker_client.worker_folders(cache):
+        log = folder / channel.MESSAGES
+        if not log.exists():
+            continue
+        evals = [r for r in map(json.loads, log.read_text().splitlines()) if r["time"] >= since and r["kind"] == "evaluate"]
+        if evals:
+            out[folder.name] = [{"round": i, "rss-mib": r["rss-mib"], "peak-mib": r["peak-mib"]} for i, r in enumerate(evals)]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--cache", default=BENCH_CACHE, help="FEDRA_CACHE if unset")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/deployed_rounds.json)")
     args = parser.parse_args(argv)
     processes.install_signal_handlers()  # SIGTERM and SIGINT stop the federation or simulation in progress
     set_env_defaults(args.cache)
     from fedra_core import resolve_backbone
+    from fedra_core.cache import cache_dir
     from fedra_core.data.federation import domain_split
     from fedra_core.run_config import load_run_config
 
@@ -105,11 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     for d in DOMAINS:
         domain_split(cfg.data_spec(), d, "test")
     work = Path(tempfile.mkdtemp(prefix="fedra-deployed-rounds-"))
+    runners = {"worker": lambda: run_deployed(run_config, work, "auto"),
+               "per-message": lambda: run_deployed(run_config, work, "off"),
+               "simulated": lambda: run_simulated(run_config, work)}
     results: dict[str, Any] = {}
-    for name, runner in (("deployed", run_deployed), ("simulated", run_simulated)):
+    memory: dict[str, Any] = {}
+    for name in args.paths:
         start = time.perf_counter()
-        run_dir = runner(run_config, work)
+        since = time.time()
+        run_dir = runners[name]()
         results[name] = {"wall_seconds": time.perf_counter() - start, "rounds": round_breakdown(run_dir)}
+        if name == "worker":
+            memory = worker_memory(cache_dir(), since)
     headers = ["path", "round", "round s", *[f"{p} s" for p in PHASES]]
     rows = []
     for name, res in results.items():
@@ -119,13 +158,24 @@ def main(argv: list[str] | None = None) -> int:
           "(train + evaluation messages of a node added up):")
     print(format_table(headers, rows))
     steady = {name: statistics.mean(r["seconds"] for r in res["rounds"][1:] or res["rounds"]) for name, res in results.items()}
-    ratio = steady["deployed"] / steady["simulated"]
-    print(f"\nsteady round (round 2 on): deployed {steady['deployed']:.1f} s, simulated {steady['simulated']:.1f} s, "
-          f"ratio {ratio:.2f}; whole runs {results['deployed']['wall_seconds']:.0f} s / {results['simulated']['wall_seconds']:.0f} s")
+    ratios = {name: steady[name] / steady["simulated"] for name in steady if "simulated" in steady and name != "simulated"}
+    print("\nsteady round (round 2 on): " + ", ".join(f"{name} {s:.1f} s" for name, s in steady.items())
+          + "".join(f"; {name} / simulated {r:.2f}" for name, r in ratios.items())
+          + "; whole runs " + ", ".join(f"{name} {res['wall_seconds']:.0f} s" for name, res in results.items()))
+    growth = {}
+    for folder, rounds in memory.items():
+        print(f"worker {folder}: resident / peak MiB after rounds 0..{len(rounds) - 1}: "
+              + " ".join(f"{r['rss-mib']:.0f}/{r['peak-mib']:.0f}" for r in rounds))
+        if len(rounds) > 2:
+            growth[folder] = rounds[-1]["peak-mib"] / rounds[2]["peak-mib"] - 1
+    if growth:
+        print("worker peak after the last round against after round 2: "
+              + ", ".join(f"{folder} {100 * g:+.1f}%" for folder, g in growth.items()))
     path = write_results("deployed_rounds", {
         "machine": {**machine(), "load_avg_at_end": load_avg()},
         "command": " ".join(["python -m bench.deployed_rounds", *(argv or [])]),
-        "run_config": run_config, "results": results, "steady_round_seconds": steady, "ratio": ratio,
+        "run_config": run_config, "results": results, "steady_round_seconds": steady, "ratios": ratios,
+        "worker_memory": memory, "worker_peak_growth": growth,
     }, args.out)
     print(f"wrote {path}")
     return 0

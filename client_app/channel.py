@@ -4,7 +4,7 @@ message is framed and how each side makes sure the other is the same local user.
 A worker lives in a private folder ``<node cache>/node-workers/<key>`` (mode 0700, owned by the
 node's user) holding its Unix socket ``sock`` (0600), a 32-byte ``secret`` (0600), its ``pid`` and
 ``worker.log``. The key is a hash of the node-config (without the node-worker keys), the code of
-``client_app`` and ``fedra_core`` and the Python executable, so a node started with other settings or
+``client_app`` and ``fedra_core``, the Python executable and the host name, so a node started with other settings or
 a new version of the code gets its own worker. Three locks: the folder's mode keeps other users from
 reaching the socket, the worker checks the peer's uid (SO_PEERCRED) and the connection must start
 with the secret. Frames are an 8-byte big-endian length and the bytes; messages travel as Flower's
@@ -60,7 +60,8 @@ def code_hash(root: Path | None = None) -> str:
 def worker_key(node_config: Mapping[str, object], code: str) -> str:
     """Return the 16-hex-digit key of the worker serving ``node_config`` with code hash ``code``."""
     items = sorted((str(k), str(v)) for k, v in node_config.items() if k not in WORKER_KEYS)
-    text = json.dumps({"node-config": items, "code": code, "python": sys.executable})
+    # the host name too: containers sharing a cache volume never share a worker
+    text = json.dumps({"node-config": items, "code": code, "python": sys.executable, "host": socket.gethostname()})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -13,7 +14,7 @@ from flwr.app import Context
 from fedra_core.backbones import Backbone, BackboneSpec, input_size, resolve_backbone
 from fedra_core.data.federation import client_shards, domains_of
 from fedra_core.data.node_data import NodeData, NodeDataError, NodeDataSpec, load_node_data
-from fedra_core.data.registry import node_formats
+from fedra_core.data.registry import node_format, node_formats
 from fedra_core.run_config import ConfigError, RunConfig, load_run_config
 
 from client_app import worker_config
@@ -37,7 +38,33 @@ def _run_config(items: tuple) -> RunConfig:
     return load_run_config(dict(items))
 
 
-_node_data = lru_cache(maxsize=8)(load_node_data)
+_NODE_DATA: dict[tuple, tuple[tuple, NodeData]] = {}  # (arguments) -> (folder stamp, data), the latest 8
+
+
+def _node_data(spec: NodeDataSpec, *args: object) -> NodeData:
+    """load_node_data, kept in memory between messages (a warm worker, Flower's simulation) and
+    loaded again when a file of the node's own folder changed, as a fresh process would."""
+    key = (spec, *args)
+    stamp = _folder_stamp(spec.root) if node_format(spec.data_format).own else ()
+    hit = _NODE_DATA.pop(key, None)
+    data = hit[1] if hit is not None and hit[0] == stamp else load_node_data(spec, *args)
+    _NODE_DATA[key] = (stamp, data)
+    while len(_NODE_DATA) > 8:
+        _NODE_DATA.pop(next(iter(_NODE_DATA)))
+    return data
+
+
+def _folder_stamp(root: str) -> tuple:
+    """(path, size, mtime, ctime, inode) of every file under ``root``, sorted: changes with any file."""
+    out = []
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            out.append((folder, name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return tuple(sorted(out))
 
 
 @dataclass

@@ -122,26 +122,30 @@ class Worker:
             reply = self.handlers.app(message, context)
         except Exception as exc:  # the node's error goes back to the ClientApp, which raises it as in-process
             _log(f"{kind}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            self._record(kind, time.perf_counter() - start, error=type(exc).__name__)
             channel.send_json(conn, {"ok": False, "error": str(exc), "error-type": type(exc).__name__})
             return
-        finally:
-            self.served += 1
         seconds = time.perf_counter() - start
+        self._record(kind, seconds)
         channel.send_json(conn, {"ok": True, "seconds": seconds})
         channel.send_frames(conn, recorddict_to_proto(reply.content).SerializeToString(),
                             context_to_proto(context).SerializeToString())
-        self._record(kind, seconds)
 
     def status(self) -> dict[str, Any]:
         """Return this worker's pid, start time, messages served and memory (MiB, current and peak)."""
         return {"pid": os.getpid(), "started": self.started, "served": self.served, **_memory()}
 
-    def _record(self, kind: str, seconds: float) -> None:
+    def _record(self, kind: str, seconds: float, error: str = "") -> None:
+        """Count the message and append it to messages.jsonl: kind, seconds, the error's type if it
+        failed, and the worker's memory after it."""
+        self.served += 1
         path = self.folder / channel.MESSAGES
         if path.exists() and path.stat().st_size > 1 << 20:  # keep the last MiB's worth, not the worker's life
             path.replace(path.with_suffix(".jsonl.1"))
         with path.open("a") as f:
-            f.write(json.dumps({"time": time.time(), "pid": os.getpid(), "kind": kind, "seconds": seconds, "served": self.served, **_memory()}) + "\n")
+            entry = {"time": time.time(), "pid": os.getpid(), "kind": kind, "seconds": seconds, "served": self.served,
+                     **({"error": error} if error else {}), **_memory()}
+            f.write(json.dumps(entry) + "\n")
 
 
 def _memory() -> dict[str, float]:

@@ -60,7 +60,7 @@ class NodeSpec:
     """One SuperNode: its capacity (blocks it can train), its own data and local settings.
 
     ``NodeSpec(capacity, *, data_format, data_root=None, domain="", partition_id=None, name="",
-    device="cpu", threads=1)``. ``data_format`` is the node-config ``data-format``:
+    device="cpu", threads=1, node_worker="auto")``. ``data_format`` is the node-config ``data-format``:
     a format of ``fedra_core.data.registry`` (``imagefolder``: ``data_root`` with ``train/<class>/...``;
     a dataset's name: one ``domain`` of it; ``partition``: ``partition_id`` of the run's dataset; the
     registry says which of ``data_root``, ``domain``, ``partition_id`` each needs). ``name`` names the node's key pair;
@@ -76,6 +76,7 @@ class NodeSpec:
     name: str = ""
     device: str = "cpu"
     threads: int | None = 1
+    node_worker: str = "auto"  # node-config node-worker: the warm worker (auto: on), or off
 
     def __post_init__(self) -> None:
         fmt = self.data_format
@@ -91,6 +92,8 @@ class NodeSpec:
                 raise ValueError(f"NodeSpec data_format {fmt!r} needs {key.replace('-', '_')}")
         if ("partition-id" in needs) != (self.partition_id is not None):
             raise ValueError(f"NodeSpec partition_id {self.partition_id!r}: given exactly when data_format is 'partition' (not {fmt!r})")
+        if self.node_worker not in ("auto", "on", "off"):
+            raise ValueError(f"NodeSpec node_worker {self.node_worker!r}: 'auto', 'on' or 'off'")
         for key in ("data_root", "domain", "device"):
             if "'" in str(getattr(self, key) or ""):
                 raise ValueError(f"NodeSpec {key} {getattr(self, key)!r}: a single quote cannot be passed in node-config")
@@ -114,6 +117,8 @@ class NodeSpec:
             parts.append(f"partition-id={self.partition_id}")
         if self.threads:
             parts.append(f"num-threads={self.threads}")
+        if self.node_worker != "auto":
+            parts.append(f"node-worker='{self.node_worker}'")
         return " ".join(parts)
 
 
@@ -251,6 +256,8 @@ class LocalFederation:
             args += ["--partition-id", str(spec.partition_id)]
         if spec.threads:
             args += ["--threads", str(spec.threads)]
+        if spec.node_worker != "auto":
+            args += ["--node-worker", spec.node_worker]
         args += [self.address, str(spec.capacity), str(self.keys / name), str(self.certs / "ca.crt")]
         extra_env = {"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {}
         proc = self._spawn(name, args, home=self.work_dir / "nodes" / name / "flwr-home", extra_env=extra_env)

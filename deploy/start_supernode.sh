@@ -30,6 +30,10 @@ Options:
   --device DEV       auto | cpu | cuda | cuda:N (node-config device; default auto)
   --weights FILE     local backbone .safetensors (node-config backbone-weights)
   --threads N        torch threads (node-config num-threads)
+  --node-worker M    auto (default) | on | off: answer messages in this node's warm worker, a
+                     long-lived process next to the SuperNode that keeps torch, the backbone and
+                     the data loaded (README: The node worker); off starts everything per message
+  --node-worker-idle S  seconds without a message after which the worker exits (default 900)
   --port N           port of this SuperNode's local runtime API (default 9094; use a different
                      one for every SuperNode on the same machine). It is not exposed.
   --insecure         no TLS and no authentication (only against a SuperLink started --insecure)
@@ -44,7 +48,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 die() { echo "start_supernode.sh: error: $*" >&2; exit 1; }
 
 
-insecure=0 port=9094 data_format="imagefolder" data_root="" domain="" partition="" device="" weights="" threads=""
+insecure=0 port=9094 data_format="imagefolder" data_root="" domain="" partition="" device="" weights="" threads="" node_worker="" worker_idle=""
 pos=()
 # value OPTION ARGS...: the option's value (die naming what it takes when it is missing)
 need() { [[ $# -ge 3 && "$3" != --* ]] || die "$1 needs a value: $2"; }
@@ -58,6 +62,8 @@ while [[ $# -gt 0 ]]; do
     --weights) need "$1" "a local .safetensors file" "${@:2}"; weights="$2"; shift 2 ;;
     --threads) need "$1" "a positive integer" "${@:2}"; threads="$2"; shift 2 ;;
     --port) need "$1" "a port number" "${@:2}"; port="$2"; shift 2 ;;
+    --node-worker) need "$1" "auto, on or off" "${@:2}"; node_worker="$2"; shift 2 ;;
+    --node-worker-idle) need "$1" "a number of seconds > 0" "${@:2}"; worker_idle="$2"; shift 2 ;;
     --insecure) insecure=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -75,6 +81,8 @@ address="${pos[0]}" capacity="${pos[1]}"
 [[ "$port" =~ ^[0-9]+$ ]] || die "--port '$port': use a port number"
 [[ -z "$threads" || "$threads" =~ ^[1-9][0-9]*$ ]] || die "--threads '$threads': use a positive integer"
 [[ -z "$partition" || "$partition" =~ ^[0-9]+$ ]] || die "--partition-id '$partition': use an integer >= 0"
+case "$node_worker" in ""|auto|on|off) ;; *) die "--node-worker '$node_worker': use auto, on or off" ;; esac
+[[ -z "$worker_idle" || "$worker_idle" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--node-worker-idle '$worker_idle': use a number of seconds > 0"
 case "$device" in ""|auto|cpu|cuda|cuda:[0-9]|cuda:[0-9][0-9]) ;; *) die "--device '$device': use auto, cpu, cuda or cuda:N" ;; esac
 for opt in data-format:"$data_format" data-root:"$data_root" domain:"$domain" weights:"$weights"; do
   [[ "${opt#*:}" != *"'"* ]] || die "--${opt%%:*} '${opt#*:}': a value with a single quote cannot be passed in node-config"
@@ -90,6 +98,8 @@ node_config="data-format='$data_format' capacity-layers=$capacity"
 [[ -z "$partition" ]] || node_config+=" partition-id=$partition"
 [[ -z "$weights" ]] || { [[ -f "$weights" ]] || die "--weights '$weights': no such file (a local .safetensors)"; node_config+=" backbone-weights='$(fedra_abspath "$weights")'"; }
 [[ -z "$threads" ]] || node_config+=" num-threads=$threads"
+[[ -z "$node_worker" ]] || node_config+=" node-worker='$node_worker'"
+[[ -z "$worker_idle" ]] || node_config+=" node-worker-idle=$worker_idle"
 
 supernode="$(fedra_bin flower-supernode)" || exit 1
 export PATH="$(dirname "$supernode"):$PATH"   # flower-superexec and flwr-clientapp

@@ -2,8 +2,10 @@
 loopback with TLS and SuperNode authentication, brought up by ``deploy.launch_local`` through the
 scripts in ``deploy/`` (the session's shared federation, ``tests/shared_federation.py``). Each node
 holds only its own folder of images (imagefolder layout, one domain each); the ServerApp holds no
-data; evaluation comes from the nodes. Three FedRA rounds run with ``flwr run``; after round 1 one
-node's folder gets an unreadable image and the run goes on without that node. Plus the refusals:
+data; evaluation comes from the nodes. Three FedRA rounds run with ``flwr run``, every message
+answered by the node's warm worker; after round 1 one node's folder gets an unreadable image and
+the run goes on without that node, and another node's worker is killed while it has a message (a
+new worker answers, the node stays in every round). Plus the refusals:
 an unregistered SuperNode key, and clients that lack the federation's CA certificate.
 
 The federation is stopped by process id at the end of the session, also when a test or the set-up
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from safetensors import safe_open
@@ -99,17 +102,65 @@ def _corrupt_after_round_one(folder: Path, image: Path) -> threading.Thread:
     return thread
 
 
+def _workers_of(federation: LocalFederation, name: str) -> list[psutil.Process]:
+    """The node workers SuperNode ``name`` started (their owner is its SuperExec)."""
+    owners = {str(p.pid) for p in federation.children(name)}
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = p.info["cmdline"] or []
+        if "client_app.worker" in cmdline and "--owner" in cmdline and cmdline[cmdline.index("--owner") + 1] in owners:
+            found.append(p)
+    return found
+
+
+def _kill_worker_mid_message(federation: LocalFederation, folder: Path, name: str, killed: dict) -> threading.Thread:
+    """Once round 1 is in metrics.jsonl, SIGKILL SuperNode ``name``'s worker while one of the node's
+    ClientApp processes has a message in hand; note its pid in ``killed``."""
+
+    def watch() -> None:
+        metrics = folder / "metrics.jsonl"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if metrics.is_file() and any(json.loads(line)["round"] == 1 for line in metrics.read_text().splitlines() if line.strip()):
+                break
+            time.sleep(0.2)
+        while time.monotonic() < deadline:
+            try:
+                busy = [p for p in federation.children(name) if "flwr-clientapp" in " ".join(p.cmdline())]
+                workers = _workers_of(federation, name)
+                if busy and workers:
+                    workers[0].kill()
+                    killed[name] = workers[0].pid
+                    return
+            except psutil.Error:  # a process that ended while we looked
+                pass
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.fixture(scope="module")
-def run_dir(federation, run_config, site_folders) -> Iterator[Path]:
-    """Run 3 FedRA rounds with flwr run; after round 1 site-c's folder gets an unreadable image."""
+def killed_workers() -> dict[str, int]:
+    """SuperNode name -> the pid of its worker killed during the run."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def run_dir(federation, run_config, site_folders, killed_workers) -> Iterator[Path]:
+    """Run 3 FedRA rounds with flwr run; after round 1 site-c's folder gets an unreadable image and
+    site-a's node worker is killed while it has a message."""
     online = {int(n["node-id"]) for n in federation.online_nodes()}
     folder = Path(run_config["output-dir"]) / run_config["run-name"]
     victim = sorted((site_folders["site-c"] / "train").rglob("*.png"))[0]
     image = victim.read_bytes()
     try:
         watcher = _corrupt_after_round_one(folder, victim)
+        killer = _kill_worker_mid_message(federation, folder, "site-a", killed_workers)
         result = federation.run_app(run_config, timeout=600)
         watcher.join(timeout=1)
+        killer.join(timeout=1)
         # flwr run --stream exits 0 even when the ServerApp fails: ask the SuperLink how the run ended
         assert result.ok, f"run {result.run_id}: flwr run {result.returncode}, {result.status}:\n{result.output[-3000:]}"
         assert (folder / "metrics.jsonl").is_file(), f"no metrics written:\n{result.output[-3000:]}"
@@ -167,6 +218,34 @@ def test_each_node_trained_on_its_own_folder_and_evaluated_its_own_test_split(ru
     assert usps_node in last["rejected"] and len(last["accepted"]) == 2
     assert usps_node in last["eval-rejected"]
     assert last["examples"] == {"mnist": TEST_IMAGES, "printed": TEST_IMAGES}
+
+
+def test_each_node_answered_in_one_warm_worker_and_a_killed_one_was_replaced(run_dir: Path, killed_workers: dict) -> None:
+    from client_app import channel, worker_client
+    from fedra_core.cache import cache_dir
+
+    records = read_metrics(run_dir)
+    start = (run_dir / "metrics.jsonl").stat().st_mtime - max(1.0, sum(r.get("seconds", 0.0) for r in records)) - 120
+    served = {}
+    for folder in worker_client.worker_folders(cache_dir()):
+        log = folder / channel.MESSAGES
+        pids = [json.loads(line)["pid"] for line in log.read_text().splitlines() if json.loads(line)["time"] >= start] if log.exists() else []
+        if pids:
+            served[folder.name] = pids
+    assert len(served) == 3, served  # one worker folder per SuperNode (node-config)
+    assert "site-a" in killed_workers, "the worker of site-a was not killed during the run"
+    killed = killed_workers["site-a"]
+    for pids in served.values():
+        if killed in pids:  # site-a: the killed worker, then one new worker for the rest of the run
+            assert len(set(pids)) == 2 and pids[-1] != killed and pids.index(pids[-1]) > pids.index(killed), pids
+        else:
+            assert len(set(pids)) == 1 and len(pids) >= 5, pids  # query, trains and evaluations: one process
+    mnist = str(records[1]["node-ids"][0])
+    assert all(int(mnist) in r["accepted"] for r in records[1:]), [r["accepted"] for r in records[1:]]
+    for r in records[2:]:  # the node's imports are paid once, by its worker: later messages import little
+        for node, phases in r["train-timings"].items():
+            if node != mnist:
+                assert phases.get("imports", 0.0) < 1.0 and phases["forward"] < 2.0, (node, phases)
 
 
 def test_no_process_opened_the_global_dataset(run_dir: Path) -> None:

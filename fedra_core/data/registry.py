@@ -36,12 +36,15 @@ class DatasetEntry:
 @dataclass(frozen=True)
 class NodeFormat:
     """A node data format: ``name`` (node-config ``data-format``), a one-line ``summary``, the
-    node-config keys it ``needs`` and its ``loader`` as a ``module:function`` path."""
+    node-config keys it ``needs``, its ``loader`` as a ``module:function`` path, and whether
+    ``data-root`` is the node's ``own`` folder, which may change between messages (a warm node
+    worker then reloads the data when a file in it changes; a published dataset is read once)."""
 
     name: str
     summary: str
     needs: tuple[str, ...]
     loader: str
+    own: bool = False
 
 
 DATASETS: dict[str, DatasetEntry] = {
@@ -58,9 +61,9 @@ DATASETS: dict[str, DatasetEntry] = {
 
 _OWN_FORMATS: tuple[NodeFormat, ...] = (
     NodeFormat("imagefolder", "data-root/train/<class>/*.png|jpg|... and optionally data-root/test/<class>/...",
-               ("data-root",), "fedra_core.data.node_data:load_imagefolder"),
+               ("data-root",), "fedra_core.data.node_data:load_imagefolder", own=True),
     NodeFormat("tokens", "data-root/train.safetensors (+ optional test.safetensors): int64 input_ids (N, T) and labels (N,)",
-               ("data-root",), "fedra_core.data.node_data:load_tokens"),
+               ("data-root",), "fedra_core.data.node_data:load_tokens", own=True),
     NodeFormat("partition", "partition partition-id of the run's dataset (Flower's simulation gives partition-id)",
                ("partition-id",), "fedra_core.data.node_data:load_partition"),
 )
