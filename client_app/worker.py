@@ -40,7 +40,6 @@ class Worker:
         self.idle = idle
         self.secret = (folder / channel.SECRET).read_bytes()
         self.served = 0
-        self.started = time.time()
         # the heavy imports before the socket opens: a client that connects finds the worker ready, so
         # its node-worker-timeout covers the message alone
         from client_app import handlers
@@ -98,14 +97,12 @@ class Worker:
             header = channel.recv_json(conn)
             if header.get("protocol") != channel.PROTOCOL:
                 channel.send_json(conn, {"ok": False, "error": f"protocol {header.get('protocol')!r}: this worker speaks {channel.PROTOCOL}"})
-            elif header.get("kind") == "status":
-                channel.send_json(conn, {"ok": True, **self.status()})
             elif header.get("kind") == "message":
                 message, context = channel.recv_frame(conn), channel.recv_frame(conn)
                 conn.settimeout(None)
                 self._run(conn, message, context)
             else:
-                channel.send_json(conn, {"ok": False, "error": f"request kind {header.get('kind')!r}: allowed 'status', 'message'"})
+                channel.send_json(conn, {"ok": False, "error": f"request kind {header.get('kind')!r}: allowed 'message'"})
         except (OSError, ValueError) as exc:
             _log(f"dropped a connection: {exc}")
 
@@ -130,10 +127,6 @@ class Worker:
         channel.send_json(conn, {"ok": True, "seconds": seconds})
         channel.send_frames(conn, recorddict_to_proto(reply.content).SerializeToString(),
                             context_to_proto(context).SerializeToString())
-
-    def status(self) -> dict[str, Any]:
-        """Return this worker's pid, start time, messages served and memory (MiB, current and peak)."""
-        return {"pid": os.getpid(), "started": self.started, "served": self.served, **_memory()}
 
     def _record(self, kind: str, seconds: float, error: str = "") -> None:
         """Count the message and append it to messages.jsonl: kind, seconds, the error's type if it

@@ -267,7 +267,7 @@ def test_another_local_user_cannot_submit_work_or_read_replies():
     with socket_module.socket(socket_module.AF_UNIX) as s:
         s.connect(str(sock))
         channel.send_frames(s, bytes(32))
-        channel.send_json(s, {"protocol": channel.PROTOCOL, "kind": "status"})
+        channel.send_json(s, {"protocol": channel.PROTOCOL, "kind": "message"})
         try:
             assert s.recv(100) == b""
         except ConnectionResetError:  # closed with our request unread: the same refusal
