@@ -85,7 +85,7 @@ def test_submodel_logits_equal_transformers_cut_to_the_same_layers(smollm2, refe
     ids = batch.input_ids
     real = torch.zeros_like(ids, dtype=torch.bool)  # the real tokens: up to the last labelled one
     for i in range(len(ids)):
-        real[i, : int((batch.labels[i] != IGNORE).nonzero().max()) + 1] = True
+        real[i, : int((batch.label_ids[i] != IGNORE).nonzero().max()) + 1] = True
     with torch.no_grad():
         ours = model(ids)
         theirs = _cut(reference, layers)(input_ids=ids, attention_mask=real.long(), use_cache=False).logits
@@ -114,11 +114,11 @@ def test_response_token_loss_and_scores_equal_transformers(smollm2, reference, b
     """Mean token NLL on the response tokens is transformers' own ``labels=`` loss; accuracy is counted by hand."""
     recipe = ModelRecipe(smollm2, LoraSettings(), get_method("fedra"))
     model = recipe.build(range(30)).eval()
-    real = (torch.arange(batch.input_ids.shape[1]) < torch.tensor([[int((r != IGNORE).nonzero().max()) + 1] for r in batch.labels]))
+    real = (torch.arange(batch.input_ids.shape[1]) < torch.tensor([[int((r != IGNORE).nonzero().max()) + 1] for r in batch.label_ids]))
     with torch.no_grad():
-        ours = get_method("fedra").loss(model, smollm2.family, batch.input_ids, batch.labels, {})
-        out = reference(input_ids=batch.input_ids, attention_mask=real.long(), labels=batch.labels, use_cache=False)
-        logits, shifted = out.logits[:, :-1], batch.labels[:, 1:]
+        ours = get_method("fedra").loss(model, smollm2.family, batch.input_ids, batch.label_ids, {})
+        out = reference(input_ids=batch.input_ids, attention_mask=real.long(), labels=batch.label_ids, use_cache=False)
+        logits, shifted = out.logits[:, :-1], batch.label_ids[:, 1:]
         keep = shifted != IGNORE
         hits = int((logits[keep].argmax(-1) == shifted[keep]).sum())
     assert abs(float(ours) - float(out.loss)) < 1e-4, (float(ours), float(out.loss))
@@ -223,7 +223,7 @@ def test_every_method_runs_a_client_round_and_aggregates(method_name):
     assert any(not torch.equal(new[k], global_state[k]) for k in new)
     blocks = method.model_blocks(6, capacities)
     result = evaluate_global_model(recipe, new, data, capacity=4, batch_size=2, blocks=blocks)
-    assert result.targets == int((data.labels[:, 1:] != IGNORE).sum()) and 0 < result.loss < 20
+    assert result.targets == int((data.label_ids[:, 1:] != IGNORE).sum()) and 0 < result.loss < 20
 
 
 def test_depthfl_exits_reuse_the_frozen_output_layer():
@@ -236,11 +236,11 @@ def test_depthfl_exits_reuse_the_frozen_output_layer():
     assert sorted(k for k in trainable_state(model) if k.startswith("exits.")) == ["exits.1.norm.bias", "exits.1.norm.weight"]
     data = tiny_batch()
     with torch.no_grad():
-        outputs, y = scored_outputs(model, backbone.family, data.input_ids, data.labels)
+        outputs, y = scored_outputs(model, backbone.family, data.input_ids, data.label_ids)
         assert len(outputs) == 2 and outputs[0].shape == (len(y), TINY_LLAMA["vocab_size"])
         hidden = backbone.family.embed(model, data.input_ids)
         hidden = model.blocks[1](model.blocks[0](hidden))[0]  # after block 1, by hand
-        keep = data.labels[:, 1:] != IGNORE
+        keep = data.label_ids[:, 1:] != IGNORE
         by_hand = backbone.family.head(model, model.exits["1"].norm(hidden[:, :-1][keep]))
         assert torch.allclose(outputs[0], by_hand, atol=1e-6)
         assert torch.allclose(outputs[1], model(data.input_ids)[:, :-1][keep], atol=1e-5)

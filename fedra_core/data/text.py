@@ -40,19 +40,19 @@ Pair = tuple[str, str]
 
 
 class TextDataset(Dataset):
-    """Tokenised prompt/response pairs: ``input_ids`` (N, T) right-padded, ``labels`` (N, T) with ``-100``
+    """Tokenised prompt/response pairs: ``input_ids`` (N, T) right-padded, ``label_ids`` (N, T) with ``-100``
     outside the responses, and the ``pairs`` themselves. ``targets`` (all 0) stands for class labels
     where the engine samples or checks them: text has none, so a sample is a plain seeded draw."""
 
     def __init__(self, input_ids: torch.Tensor, labels: torch.Tensor, pairs: Sequence[Pair]) -> None:
-        self.input_ids, self.labels, self.pairs = input_ids, labels, list(pairs)
+        self.input_ids, self.label_ids, self.pairs = input_ids, labels, list(pairs)
         self.targets = np.zeros(len(self.pairs), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.input_ids[index], self.labels[index]
+        return self.input_ids[index], self.label_ids[index]
 
 
 @lru_cache(maxsize=4)
