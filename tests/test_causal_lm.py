@@ -167,6 +167,7 @@ def tiny_batch(n: int = 4, length: int = 10, seed: int = 0) -> TextDataset:
 @pytest.mark.parametrize("overrides", [
     {"model_type": "llama", "tie_word_embeddings": False},
     {"model_type": "qwen2", "tie_word_embeddings": True, "use_sliding_window": False, "sliding_window": None},
+    {"model_type": "mistral", "tie_word_embeddings": False, "sliding_window": None},
 ])
 def test_other_decoders_equal_transformers(overrides):
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -261,3 +262,17 @@ def test_head_calibration_needs_a_trainable_norm():
     assert sorted(head) == ["norm.weight"] and not torch.equal(head["norm.weight"], state["norm.weight"])
     model = recipe.build(range(6))
     load_trainable_state(model, state)
+
+
+def test_unsupported_checkpoints_are_refused_in_one_line(tmp_path):
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (tmp_path / "mistral").mkdir()
+    (tmp_path / "mistral" / "config.json").write_text(json.dumps({**TINY_LLAMA, "model_type": "mistral", "sliding_window": 64}))
+    cases = {"gpt2": "model_type 'gpt2' is not supported; hf-causal-lm supports", "mistral": "sliding-window attention",
+             "nowhere": "no config.json in that folder"}
+    for name, message in cases.items():
+        with pytest.raises(ValueError, match=message) as info:
+            resolve_backbone(BackboneSpec(name=f"hf-causal-lm:{tmp_path / name}"))
+        assert "\n" not in str(info.value)
+

@@ -133,7 +133,7 @@ def _shards(folder: Path) -> list[Path]:
 
 def canonical_from_native(key: str) -> str | None:
     """Map a ``*ForCausalLM`` checkpoint key to its canonical key; None for keys outside the model
-    (rotary buffers, a tied ``lm_head.weight`` stored twice is kept by the caller's choice)."""
+    (rotary buffers). ``lm_head.weight`` maps to itself; the converter drops it for tied models."""
     if key.startswith("model.embed_tokens.") or key.startswith("model.norm."):
         return key[len("model."):]
     match = _NATIVE_LAYER.match(key)
