@@ -34,7 +34,7 @@ DEMO_LLM_RUN_CONFIG = {
     "num-server-rounds": 3,
     "local-steps": 3,
     "batch-size": 4,
-    "lr": 0.1,
+    "lr": 0.05,
     "lora-dropout": 0.0,
     "eval-batch-size": 6,
     "eval-max-examples": 6,
