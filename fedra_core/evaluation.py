@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fedra_core.lora import load_trainable_state, trainable_state
+from fedra_core.objectives import NO_SCORES
 from fedra_core.trainable import ModelRecipe
 from fedra_core.training import EvalResult, autocast, evaluate
 
@@ -85,24 +86,21 @@ def evaluate_global_model(
     bf16: bool = False,
     blocks: Sequence[int] | None = None,
 ) -> EvalResult:
-    """Return accuracy, mean loss, example and correct counts of the global model of ``recipe`` (its
-    ``blocks``, all by default) carrying ``state`` on ``dataset``, holding at most ``capacity``
-    blocks at a time."""
+    """Return accuracy, mean loss, example, correct and target counts of the global model of ``recipe``
+    (its ``blocks``, all by default) carrying ``state`` on ``dataset``, holding at most ``capacity``
+    blocks at a time; scored by the family's objective (per response token for a causal LM)."""
     device = torch.device(device)
     family = recipe.family
     groups = block_groups(recipe.backbone.num_layers if blocks is None else blocks, capacity)
     if len(groups) == 1:
         return evaluate(model_with_state(recipe, groups[0], state, device), dataset, batch_size, device, bf16)
-    correct, total, loss_sum = 0, 0, 0.0
+    scores, total = NO_SCORES, 0
     batches = iter(DataLoader(dataset, batch_size=batch_size, shuffle=False))
     while chunk := list(islice(batches, CHUNK_BATCHES)):
         hidden, model = streamed_tokens(recipe, state, groups, [x for x, _ in chunk], device, bf16)
         with autocast(device, bf16):
-            hidden = [family.head(model, h).float() for h in hidden]
-        del model
-        for logits, (_, labels) in zip(hidden, chunk):
-            labels = labels.to(device)
-            loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == labels).sum())
-            total += len(labels)
-    return EvalResult(accuracy=correct / max(total, 1), loss=loss_sum / max(total, 1), num_examples=total, correct=correct)
+            for h, (_, labels) in zip(hidden, chunk):
+                scores = scores + family.objective.hidden_scores(family, model, h, labels.to(device))
+                total += len(labels)
+        del model, hidden
+    return EvalResult.from_scores(scores, total)

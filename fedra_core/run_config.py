@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -259,6 +260,7 @@ class RunConfig(PrivacyConfig, SettingsModel):
             num_classes=self.num_classes,
             img_size=self.img_size,
             seed=self.seed,
+            tokenizer=_tokenizer_folder(self.backbone, json.dumps(self.backbone_kwargs, sort_keys=True)),
         )
 
     def resolved_num_classes(self) -> int:
@@ -314,3 +316,12 @@ def load_run_config(values: Mapping[str, Any]) -> RunConfig:
     except ValidationError as exc:
         raise ConfigError(one_line(exc)) from None
 
+
+@lru_cache(maxsize=16)
+def _tokenizer_folder(backbone: str, kwargs: str) -> str:
+    """The tokenizer folder of the run's backbone (a causal LM's checkpoint folder), "" when it has none or is unknown."""
+    try:
+        registry_name, family, _ = BackboneSpec(name=backbone, model_kwargs=json.loads(kwargs)).constructor()
+    except ValueError:
+        return ""
+    return family.tokenizer_folder(registry_name)

@@ -37,7 +37,8 @@ def build_submodel(backbone: Backbone, blocks: Sequence[int], device: str | torc
 
     Takes a resolved :class:`Backbone`, the global indices of the held blocks and a device. Returns
     the family's model whose ``blocks`` is an ``nn.Sequential`` named by global index, with frozen
-    backbone weights loaded and a freshly initialised head (the server's head replaces it).
+    backbone weights loaded and a freshly initialised head (the server's head replaces it; families
+    whose output layer is pre-trained, ``fresh_head`` False, read it from the file like the rest).
     Tensors of blocks outside ``blocks`` are never read or allocated.
     """
     held = validate_blocks(blocks, backbone.num_layers)
@@ -47,11 +48,12 @@ def build_submodel(backbone: Backbone, blocks: Sequence[int], device: str | torc
     prefix = family.head_prefix
     wanted = [k for k in model.state_dict() if not k.startswith(prefix)]
     tensors = read_tensors(backbone, wanted, device)
-    head = model.head
-    with torch.device(device):
-        fresh_head = nn.Linear(head.in_features, head.out_features)
-    reset_head(fresh_head)
-    tensors.update({f"{prefix}{k}": v for k, v in fresh_head.state_dict().items()})
+    if family.fresh_head:  # a task classifier; a causal LM's output layer comes with the backbone file
+        head = model.head
+        with torch.device(device):
+            fresh_head = nn.Linear(head.in_features, head.out_features)
+        reset_head(fresh_head)
+        tensors.update({f"{prefix}{k}": v for k, v in fresh_head.state_dict().items()})
     model.load_state_dict(tensors, assign=True, strict=True)
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # a non-persistent buffer the family does not rebuild would silently hold no values

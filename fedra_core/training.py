@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from fedra_core.objectives import NO_SCORES, Scores
+
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, inputs, labels) -> loss
 
 
@@ -48,12 +50,25 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Top-1 accuracy (0..1), mean cross-entropy, the number of examples evaluated and of correct ones."""
+    """Top-1 accuracy (0..1), mean cross-entropy, the number of examples evaluated, of correct
+    predictions and of scored predictions (``targets``: the examples for classification, the response
+    tokens for a causal LM, where accuracy and loss are per token; 0 given means one per example)."""
 
     accuracy: float
     loss: float
     num_examples: int
     correct: int = 0
+    targets: int = 0
+
+    def __post_init__(self) -> None:
+        if self.targets == 0:
+            object.__setattr__(self, "targets", self.num_examples)
+
+    @classmethod
+    def from_scores(cls, scores: Scores, num_examples: int) -> "EvalResult":
+        """Return the result of pooled :class:`~fedra_core.objectives.Scores` over ``num_examples`` examples."""
+        n = max(scores.targets, 1)
+        return cls(scores.correct / n, scores.loss_sum / n, num_examples, scores.correct, scores.targets)
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -67,14 +82,20 @@ def train_local(
     settings: TrainSettings,
     device: str | torch.device = "cpu",
     seed: int = 0,
-    loss_fn: LossFn = cross_entropy_loss,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train the trainable parameters of ``model`` on ``dataset`` with SGD and gradient clipping.
 
-    ``loss_fn(model, inputs, labels)`` gives the batch loss (the method's; plain cross-entropy by
-    default). The data order and dropout follow ``seed``. Returns a :class:`TrainResult`; the model
-    is updated in place.
+    ``loss_fn(model, inputs, labels)`` gives the batch loss (the method's; by default the model
+    family's objective: cross-entropy of the logits, or the mean token NLL of a causal LM's
+    response tokens). The data order and dropout follow ``seed``. Returns a :class:`TrainResult`;
+    the model is updated in place.
     """
+    if loss_fn is None:
+        from fedra_core.families import family_of
+
+        family = family_of(model)
+        loss_fn = lambda m, x, y: family.objective.loss(family, m, x, y)  # noqa: E731
     device = torch.device(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
@@ -105,15 +126,17 @@ def train_local(
 def evaluate(
     model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str | torch.device = "cpu", bf16: bool = False
 ) -> EvalResult:
-    """Return the top-1 accuracy and mean loss of ``model`` (its final head) on ``dataset``."""
+    """Return the top-1 accuracy and mean loss of ``model`` (its final head) on ``dataset``, scored by
+    its family's objective (per example for classification, per response token for a causal LM)."""
+    from fedra_core.families import family_of
+
     device = torch.device(device)
     model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
-    for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        images, labels = images.to(device), labels.to(device)
+    family = family_of(model)
+    scores, total = NO_SCORES, 0
+    for inputs, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        inputs, labels = inputs.to(device), labels.to(device)
         with autocast(device, bf16):
-            logits = model(images).float()
-        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == labels).sum())
+            scores = scores + family.objective.scores(family, model, inputs, labels)
         total += len(labels)
-    return EvalResult(accuracy=correct / max(total, 1), loss=loss_sum / max(total, 1), num_examples=total, correct=correct)
+    return EvalResult.from_scores(scores, total)

@@ -32,6 +32,7 @@ TIME_END = "t-end"            # the node's clock when it replied
 ACCURACY = "accuracy"
 LOSS = "loss"
 CORRECT = "correct"
+TARGETS = "targets"  # predictions scored: the examples (classification), the response tokens (causal LM); absent: num-examples
 
 # node -> server: capacity-query reply (metrics, then config)
 PARTITION_ID = "partition-id"

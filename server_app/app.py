@@ -158,6 +158,7 @@ def set_up(grid: Grid, cfg: RunConfig) -> tuple[Federation, State]:
         # a deployed node could claim another's test split; in simulation the operator runs every node
         share_eval_sets=not isinstance(grid, HttpGrid),
         privacy=cfg.dp_settings(),
+        objective=backbone.family.objective,
     )
     strategy.summary()
     if cfg.secure_aggregation:
@@ -340,4 +341,7 @@ def finish(run_dir: Path, cfg: RunConfig, backbone: Backbone, global_state: Stat
     outputs.write_summary(run_dir, cfg.as_dict(), records)
     outputs.write_plots(run_dir, records, backbone.num_layers)
     log.info("per-domain top-1 accuracy (%%) of the global model:\n%s", outputs.per_domain_table([records[0], records[-1]]))
+    perplexity = outputs.perplexity_table([records[0], records[-1]])
+    if perplexity:
+        log.info("per-domain perplexity of the global model (response tokens):\n%s", perplexity)
     log.info("outputs in %s", run_dir.resolve())

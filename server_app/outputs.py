@@ -58,6 +58,9 @@ def eval_record(metrics: MetricRecord, rejected: Mapping[str, str]) -> dict[str,
         out["average"] = float(metrics["average"])
         out["loss"] = {d: float(metrics[f"loss/{d}"]) for d in domains}
         out["examples"] = {d: int(metrics[f"examples/{d}"]) for d in domains}
+        for name in ("targets", "perplexity"):  # a causal LM's response tokens and exp(mean token NLL)
+            if f"{name}/{domains[0]}" in metrics:
+                out[name] = {d: (int if name == "targets" else float)(metrics[f"{name}/{d}"]) for d in domains}
     out["eval-nodes"] = [int(n) for n in metrics["eval-ids"]]
     out["eval-rejected"] = {str(n): rejected.get(str(n), "left out") for n in metrics["eval-rejected-ids"]}
     out["eval-timings"] = _timings(metrics)
@@ -97,6 +100,19 @@ def per_domain_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def perplexity_table(records: list[dict[str, Any]]) -> str:
+    """Return a markdown table of a causal LM's perplexity: one row per evaluated round, a column per domain
+    ("" when the records hold none)."""
+    evaluated = [r for r in records if r.get("perplexity")]
+    if not evaluated:
+        return ""
+    domains = list(evaluated[-1]["perplexity"])
+    lines = ["| round | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    for r in evaluated:
+        lines.append(f"| {r['round']} | " + " | ".join(f"{r['perplexity'][d]:.2f}" for d in domains) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def node_labels(records: list[dict[str, Any]]) -> dict[int, str]:
     """Return every node that took part, in first-seen order, with its latest label (domain and capacity)."""
     labels: dict[int, str] = {}
@@ -130,9 +146,10 @@ def write_summary(run_dir: Path, config: dict[str, Any], records: list[dict[str,
         f"method `{config['method']}`, backbone `{config['backbone']}`, dataset `{config['dataset']}`, "
         f"{len([r for r in records if r['round'] > 0])} rounds, seed {config['seed']}",
         "",
-        "## Top-1 accuracy (%) of the global model per domain",
+        "## Top-1 accuracy (%) of the global model per domain" + (" (next-token accuracy on response tokens)" if perplexity_table(records) else ""),
         "",
         per_domain_table(records),
+        *(["## Perplexity of the global model per domain (response tokens)", "", perplexity_table(records)] if perplexity_table(records) else []),
         "## Nodes",
         "",
         node_table(records),
@@ -148,7 +165,8 @@ def write_summary(run_dir: Path, config: dict[str, Any], records: list[dict[str,
 
 
 def write_plots(run_dir: Path, records: list[dict[str, Any]], num_layers: int) -> list[Path]:
-    """Draw ``accuracy.png`` (per domain over rounds) and ``allocation.png`` (blocks x nodes over rounds)."""
+    """Draw ``accuracy.png`` (per domain over rounds), ``perplexity.png`` (a causal LM's, per domain over
+    rounds, log scale) and ``allocation.png`` (blocks x nodes over rounds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,6 +186,19 @@ def write_plots(run_dir: Path, records: list[dict[str, Any]], num_layers: int) -
         ax.legend(fontsize=8, ncol=2)
         fig.tight_layout()
         paths.append(run_dir / "accuracy.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    with_perplexity = [r for r in evaluated if r.get("perplexity")]
+    if with_perplexity:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        rounds = [r["round"] for r in with_perplexity]
+        for d in with_perplexity[-1]["perplexity"]:
+            ax.plot(rounds, [r["perplexity"].get(d, np.nan) for r in with_perplexity], "o-", label=d, alpha=0.8)
+        ax.set(xlabel="round", ylabel="perplexity (response tokens)", title="Global model perplexity per domain", yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        fig.tight_layout()
+        paths.append(run_dir / "perplexity.png")
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
     trained = [r for r in records if r.get("allocation")]

@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import Strategy
 from fedra_core import wire
 from fedra_core.data.partition import sample_round_clients
 from fedra_core.methods import Method
+from fedra_core.objectives import CLASSIFICATION, Objective
 from fedra_core.privacy import DPSettings, clip_excess, noise_generator, noisy_holder_mean
 from fedra_core.state import State
 from server_app.exchange import match_replies
@@ -128,6 +129,9 @@ class FedRAStrategy(Strategy):
         ``dp-clip-norm``, a reply whose update norm exceeds it is rejected, and the accepted ones
         are folded by :func:`~fedra_core.privacy.noisy_holder_mean` instead of the method's
         aggregation (only methods whose step is the holders' per-block mean; the run config checks).
+    objective : Objective (default: CLASSIFICATION)
+        What the backbone's family is scored on (:mod:`fedra_core.objectives`): its derived figures
+        (a causal LM's ``perplexity``) are written per domain besides accuracy and loss.
     """
 
     def __init__(
@@ -144,6 +148,7 @@ class FedRAStrategy(Strategy):
         on_reject: RejectHook | None = None,
         share_eval_sets: bool = False,
         privacy: DPSettings | None = None,
+        objective: Objective = CLASSIFICATION,
     ) -> None:
         self.method = method
         self.num_layers = num_layers
@@ -157,6 +162,7 @@ class FedRAStrategy(Strategy):
         self.on_reject = on_reject
         self.share_eval_sets = share_eval_sets
         self.privacy = privacy
+        self.objective = objective
         self.nodes: dict[int, NodeInfo] = {}
         self._round: _Round | None = None
         self._eval_messages: dict[int, Message] = {}
@@ -323,16 +329,19 @@ class FedRAStrategy(Strategy):
         return list(self._eval_messages.values())
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Validate the evaluation replies and pool them per domain by examples.
+        """Validate the evaluation replies and pool them per domain by scored predictions (the examples;
+        a causal LM's response tokens).
 
-        Returns the per-domain ``accuracy/<domain>``, ``loss/<domain>``, ``examples/<domain>``, the
-        example-weighted ``average`` and total ``examples``, ``eval-ids`` (accepted nodes),
+        Returns the per-domain ``accuracy/<domain>``, ``loss/<domain>``, ``examples/<domain>``,
+        ``targets/<domain>`` and the objective's derived figures (``perplexity/<domain>``), the
+        target-weighted ``average`` and total ``examples``, ``eval-ids`` (accepted nodes),
         ``eval-rejected-ids`` and each node's phase times as ``time/<node>/<phase>``; None when no
         node was asked.
         """
         asked = list(self._eval_messages)
         correct: dict[str, int] = {}
         examples: dict[str, int] = {}
+        targets: dict[str, int] = {}
         loss_sum: dict[str, float] = {}
         accepted: list[int] = []
         rejected: list[int] = []
@@ -348,10 +357,11 @@ class FedRAStrategy(Strategy):
                 continue
             timings[node_id] = node_timings(claim.times, received)
             domain = node.domain if node is not None else f"node {node_id}"
-            n = claim.num_examples
+            t = claim.targets or claim.num_examples
             correct[domain] = correct.get(domain, 0) + claim.correct
-            examples[domain] = examples.get(domain, 0) + n
-            loss_sum[domain] = loss_sum.get(domain, 0.0) + claim.loss * n
+            examples[domain] = examples.get(domain, 0) + claim.num_examples
+            targets[domain] = targets.get(domain, 0) + t
+            loss_sum[domain] = loss_sum.get(domain, 0.0) + claim.loss * t
             accepted.append(node_id)
         for node_id in asked:
             if node_id not in accepted and node_id not in rejected:
@@ -361,11 +371,15 @@ class FedRAStrategy(Strategy):
             return None
         record: dict = {"eval-ids": accepted, "eval-rejected-ids": rejected, **_timing_entries(timings)}
         if accepted:
-            record.update({"average": sum(correct.values()) / sum(examples.values()), "examples": sum(examples.values())})
+            record.update({"average": sum(correct.values()) / sum(targets.values()), "examples": sum(examples.values())})
         for domain in examples:
-            record[f"accuracy/{domain}"] = correct[domain] / examples[domain]
-            record[f"loss/{domain}"] = loss_sum[domain] / examples[domain]
+            record[f"accuracy/{domain}"] = correct[domain] / targets[domain]
+            record[f"loss/{domain}"] = loss_sum[domain] / targets[domain]
             record[f"examples/{domain}"] = examples[domain]
+            if self.objective.derived:
+                record[f"targets/{domain}"] = targets[domain]
+                for name, value in self.objective.derived_figures(loss_sum[domain] / targets[domain]).items():
+                    record[f"{name}/{domain}"] = value
         return MetricRecord(record)
 
     def summary(self) -> None:

@@ -32,18 +32,20 @@ def _number(value: Any) -> bool:
 
 def round_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     """Return the scalars a tracker logs for one ``metrics.jsonl`` record: per-domain ``accuracy/<d>``
-    and ``loss/<d>``, ``average/accuracy`` (the record's example-weighted ``average``) and
-    ``average/loss`` (the per-domain losses weighted by their examples), ``server-accuracy/<d>`` and
+    and ``loss/<d>`` (and a causal LM's ``perplexity/<d>``), ``average/accuracy`` (the record's
+    example-weighted ``average``) and ``average/loss`` (the per-domain losses weighted by their
+    examples, or by their response tokens for a causal LM), ``server-accuracy/<d>`` and
     ``server-average``, ``train-loss``, ``bytes-sent/node-<id>`` and ``bytes-received/node-<id>``,
     ``holders/block-<j>`` (how many clients held block j this round), ``seconds`` (round time) and
     ``epsilon`` (or ``epsilon/<key>`` for a mapping) when the record has a numeric one."""
     out: dict[str, float] = {}
-    for key in ("accuracy", "loss", "server-accuracy"):
+    for key in ("accuracy", "loss", "perplexity", "server-accuracy"):
         for domain, value in (record.get(key) or {}).items():
             out[_tag(key, domain)] = float(value)
     if "average" in record:
         out["average/accuracy"] = float(record["average"])
-    losses, examples = record.get("loss") or {}, record.get("examples") or {}
+    # a causal LM's losses are per response token: weighted by the tokens (``targets``), else by the examples
+    losses, examples = record.get("loss") or {}, record.get("targets") or record.get("examples") or {}
     if losses and set(losses) <= set(examples) and sum(examples[d] for d in losses) > 0:
         out["average/loss"] = sum(losses[d] * examples[d] for d in losses) / sum(examples[d] for d in losses)
     if "server-average" in record:

@@ -25,6 +25,7 @@ NO_REPLY = "no reply (node failed or timed out)"
 # bytes an .npy header may add to an Array's payload (numpy pads it to 64 bytes; a long shape needs more)
 _NPY_HEADER_MAX = 4096
 _MAX_TEXT = 200  # longest domain, device, eval-set or fingerprint a node may report
+MAX_TARGETS_PER_EXAMPLE = 1 << 20  # most scored predictions (tokens) one evaluation example may claim
 SHARED = "shared"  # the norm group of the keys outside the blocks (head, final norm, embedding adapters)
 
 
@@ -60,13 +61,16 @@ class TrainClaim:
 
 @dataclass(frozen=True)
 class EvalClaim:
-    """A validated evaluation reply: accuracy, mean loss, example and correct counts, phase times."""
+    """A validated evaluation reply: accuracy, mean loss, example and correct counts, phase times and
+    the scored predictions behind accuracy and loss (``targets``: the examples, or a causal LM's
+    response tokens)."""
 
     accuracy: float
     loss: float
     num_examples: int
     correct: int
     times: dict[str, float]
+    targets: int = 0
 
 
 @dataclass(frozen=True)
@@ -269,9 +273,10 @@ def check_eval_reply(reply: Message, limits: ReplyLimits, expected_examples: int
     """Validate an evaluation reply.
 
     ``expected_examples`` is the test-split size the node reported at query time: the reply's
-    num-examples must equal it. Raises RejectedReply when the node reported an error, a count is
-    missing, not an integer in range or not the reported size, accuracy lies outside [0, 1] or
-    disagrees with correct / num-examples, or a value is not a finite number.
+    num-examples must equal it. ``targets`` (optional; num-examples when absent) counts the scored
+    predictions: accuracy is correct / targets and the loss their mean. Raises RejectedReply when the
+    node reported an error, a count is missing, not an integer in range or not the reported size,
+    accuracy lies outside [0, 1] or disagrees with correct / targets, or a value is not a finite number.
     """
     check_error(reply)
     metrics = typed_record(reply, wire.METRICS, MetricRecord)
@@ -281,16 +286,18 @@ def check_eval_reply(reply: Message, limits: ReplyLimits, expected_examples: int
     n = int(number(metrics, wire.NUM_EXAMPLES, integer=True, lo=1, hi=limits.max_examples))
     if expected_examples is not None and n != expected_examples:
         raise RejectedReply(f"num-examples {n} is not the {expected_examples} test examples the node reported when queried")
-    correct = int(number(metrics, wire.CORRECT, integer=True, lo=0, hi=n))
+    targets = int(number(metrics, wire.TARGETS, integer=True, lo=1, hi=n * MAX_TARGETS_PER_EXAMPLE)) if wire.TARGETS in metrics else n
+    correct = int(number(metrics, wire.CORRECT, integer=True, lo=0, hi=targets))
     accuracy = metrics[wire.ACCURACY]
     if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0:
         raise RejectedReply(f"accuracy {_short(accuracy)} lies outside [0, 1]")  # also for NaN and lists
-    if abs(accuracy - correct / n) > 1e-9:
-        raise RejectedReply(f"accuracy {accuracy!r} disagrees with correct / num-examples = {correct}/{n}")
+    if abs(accuracy - correct / targets) > 1e-9:
+        what = "num-examples" if wire.TARGETS not in metrics else "targets"
+        raise RejectedReply(f"accuracy {accuracy!r} disagrees with correct / {what} = {correct}/{targets}")
     loss = metrics[wire.LOSS]
     if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss) or loss < 0:
         raise RejectedReply(f"loss {_short(loss)} is not a finite number >= 0")
-    return EvalClaim(float(accuracy), float(loss), n, correct, phase_times(metrics))
+    return EvalClaim(float(accuracy), float(loss), n, correct, phase_times(metrics), targets)
 
 
 # --- capacity-query replies ----------------------------------------------------------------------

@@ -45,6 +45,6 @@ def test_dataset_and_data_format_rows_name_every_registered_one():
     from fedra_core.data.registry import dataset_names, node_formats
 
     cells = lambda key: re.split(r"(?<!\\)\|", _row(key))  # noqa: E731  (a "\|" inside a cell is no border)
-    assert set(re.findall(r"`([a-z]+)`", cells("dataset")[3])) >= set(dataset_names())
-    named = set(re.findall(r"`([a-z]+)`", cells("data-format")[2]))
+    assert set(re.findall(r"`([a-z-]+)`", cells("dataset")[3])) >= set(dataset_names())
+    named = set(re.findall(r"`([a-z-]+)`", cells("data-format")[2]))  # text-jsonl has a hyphen
     assert set(node_formats()) <= named, set(node_formats()) - named

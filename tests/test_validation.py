@@ -102,7 +102,31 @@ EVAL_CASES = {
     "accuracy disagrees": (_eval_reply(accuracy=0.9), "accuracy 0.9 disagrees with correct / num-examples = 5/10"),
     "NaN loss": (_eval_reply(loss=math.nan), "loss nan is not a finite number >= 0"),
     "negative loss": (_eval_reply(loss=-1.0), "loss -1.0 is not a finite number >= 0"),
+    # a causal LM's reply: accuracy and loss per response token (targets)
+    "float targets": (_eval_reply(targets=40.5), "targets 40.5 is not an integer"),
+    "zero targets": (_eval_reply(targets=0, correct=0, accuracy=0.0), "targets 0 is not an integer"),
+    "correct above targets": (_eval_reply(targets=40, correct=41, accuracy=1.0), "correct 41 is not an integer in 0..40"),
+    "accuracy not per target": (_eval_reply(targets=40, correct=5, accuracy=0.5), "accuracy 0.5 disagrees with correct / targets = 5/40"),
 }
+
+
+def test_token_level_evaluation_reply_is_accepted_and_pooled_by_tokens():
+    from fedra_core.objectives import CAUSAL_LM
+
+    claim = check_eval_reply(_eval_reply(targets=40, correct=30, accuracy=0.75, loss=2.0), LIMITS)
+    assert (claim.num_examples, claim.targets, claim.correct) == (10, 40, 30)
+    strategy = FedRAStrategy(get_method("fedra"), num_layers=2, fingerprint="f", objective=CAUSAL_LM)
+    for node in (1, 2):
+        strategy.register(NodeInfo(node, node, 2, "topic", num_test=10))
+    strategy._eval_messages = {n: _message(n, MessageType.EVALUATE) for n in (1, 2)}
+    replies = []
+    for n, (targets, correct, loss) in zip((1, 2), ((40, 30, 2.0), (10, 2, 4.0))):
+        replies.append(_reply({"metrics": MetricRecord({"accuracy": correct / targets, "loss": loss, "num-examples": 10,
+                                                          "correct": correct, "targets": targets})}, strategy._eval_messages[n]))
+    record = strategy.aggregate_evaluate(1, replies)
+    assert record["targets/topic"] == 50 and record["examples/topic"] == 20
+    assert record["accuracy/topic"] == pytest.approx(32 / 50) and record["loss/topic"] == pytest.approx((2.0 * 40 + 4.0 * 10) / 50)
+    assert record["perplexity/topic"] == pytest.approx(math.exp((2.0 * 40 + 4.0 * 10) / 50))
 
 
 @pytest.mark.parametrize("case", list(EVAL_CASES))

@@ -18,7 +18,9 @@ class DataSpec:
     dataset: a registered dataset (:data:`fedra_core.data.registry.DATASETS`: ``digits``,
     ``domainnet``, ``nicopp``); root: the dataset folder (for those read from one); domains: a subset of the dataset's domains (empty: all); partitioning:
     ``feature`` (one client per domain) or ``feature-label`` (clients_per_domain clients per domain,
-    Dirichlet(alpha) over labels); num_classes: classes kept (0: the dataset default).
+    Dirichlet(alpha) over labels); num_classes: classes kept (0: the dataset default); tokenizer:
+    the transformers folder of the run's tokenizer, which text datasets are tokenised with (empty
+    when the backbone has none).
     """
 
     dataset: str = "digits"
@@ -30,6 +32,7 @@ class DataSpec:
     num_classes: int = 0
     img_size: int = 224
     seed: int = 0
+    tokenizer: str = ""
 
 
 def all_domains(dataset: str) -> tuple[str, ...]:

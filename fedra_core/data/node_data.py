@@ -124,7 +124,8 @@ def load_dataset_domain(spec: NodeDataSpec, run: DataSpec, labels: LabelSpace, i
     """Format ``<dataset>``: one domain of a registered dataset (``data-root`` when it is read from a folder)."""
     needs_root = dataset_entry(spec.data_format).needs_root
     key, value = ("data-root", spec.root) if needs_root else ("domain", spec.domain)
-    one = DataSpec(dataset=spec.data_format, root=spec.root, num_classes=labels.num_classes, img_size=run.img_size, seed=run.seed)
+    one = DataSpec(dataset=spec.data_format, root=spec.root, num_classes=labels.num_classes, img_size=run.img_size, seed=run.seed,
+                   tokenizer=run.tokenizer)
     try:
         train, test = domain_split(one, spec.domain, "train"), domain_split(one, spec.domain, "test")
     except (ValueError, OSError) as exc:

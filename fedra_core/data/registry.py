@@ -56,6 +56,8 @@ DATASETS: dict[str, DatasetEntry] = {
                      "fedra_core.data.paper_datasets:DOMAINNET_DOMAINS", "fedra_core.data.paper_datasets:domainnet_split", 100, needs_root=True),
         DatasetEntry("nicopp", "NICO++'s official DG splits (6 domains, 60 classes)",
                      "fedra_core.data.paper_datasets:NICOPP_DOMAINS", "fedra_core.data.paper_datasets:nicopp_split", 60, needs_root=True),
+        DatasetEntry("chatterbot", "English question/answer pairs of the chatterbot-corpus package, one topic a domain (21), for causal LMs",
+                     "fedra_core.data.chatterbot:CHATTERBOT_DOMAINS", "fedra_core.data.chatterbot:chatterbot_split", 1, needs_root=False),
     )
 }
 
@@ -64,6 +66,8 @@ _OWN_FORMATS: tuple[NodeFormat, ...] = (
                ("data-root",), "fedra_core.data.node_data:load_imagefolder", own=True),
     NodeFormat("tokens", "data-root/train.safetensors (+ optional test.safetensors): int64 input_ids (N, T) and labels (N,)",
                ("data-root",), "fedra_core.data.node_data:load_tokens", own=True),
+    NodeFormat("text-jsonl", "data-root/train.jsonl (+ optional test.jsonl): one {\"prompt\": ..., \"response\": ...} a line, for causal LMs",
+               ("data-root",), "fedra_core.data.text:load_text_jsonl", own=True),
     NodeFormat("partition", "partition partition-id of the run's dataset (Flower's simulation gives partition-id)",
                ("partition-id",), "fedra_core.data.node_data:load_partition"),
 )

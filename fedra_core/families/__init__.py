@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from fedra_core.families.base import ModelFamily, held_blocks
+from fedra_core.families.hf_causal_lm import HFCausalLM
 from fedra_core.families.hf_encoder import HFEncoder
 from fedra_core.families.timm_mixer import TimmMixer
 from fedra_core.families.timm_vit import TimmViT
@@ -38,5 +39,6 @@ def family_of(model: nn.Module) -> ModelFamily:
 register_family(TimmViT())
 register_family(TimmMixer())
 register_family(HFEncoder())
+register_family(HFCausalLM())
 
 __all__ = ["FAMILIES", "ModelFamily", "family_named", "family_of", "held_blocks", "register_family"]

@@ -17,19 +17,26 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from fedra_core.objectives import CLASSIFICATION, Objective
+
 
 class ModelFamily(ABC):
     """One model family (timm ViT, timm MLP-Mixer, a transformers text encoder, ...).
 
     Class attributes: ``name`` (the family's key), ``lora_targets`` (default LoRA target module
     suffixes), ``trainable_modules`` (top-level modules trained and shared besides the adapters:
-    the head and, for the timm families, the final norm), ``head_prefix``.
+    the head and, for the timm families, the final norm), ``head_prefix``, ``objective`` (what the
+    model is trained and scored on: :mod:`fedra_core.objectives`) and ``fresh_head`` (True: ``model.head``
+    is the task's classifier, initialised fresh on every build and not part of the backbone file; False:
+    the output layer is part of the pre-trained backbone, as a causal LM's output embedding).
     """
 
     name: ClassVar[str]
     lora_targets: ClassVar[tuple[str, ...]]
     trainable_modules: ClassVar[tuple[str, ...]] = ("head", "norm")
     head_prefix: ClassVar[str] = "head."
+    objective: ClassVar[Objective] = CLASSIFICATION
+    fresh_head: ClassVar[bool] = True
 
     def parse_name(self, name: str) -> str | None:
         """Return the family's own model reference when ``name`` is written in the family's own form
@@ -89,6 +96,10 @@ class ModelFamily(ABC):
     def input_size(self, model: nn.Module) -> int:
         """Return the square input resolution in pixels (0 for models whose input is not an image)."""
         return 0
+
+    def tokenizer_folder(self, registry_name: str | None) -> str:
+        """Return the transformers folder holding the tokenizer that text data is tokenised with ("" when none)."""
+        return ""
 
     def recipe(self, registry_name: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Return what a plain library needs to rebuild the frozen model (part of ``backbone.json``)."""

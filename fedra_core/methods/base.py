@@ -117,8 +117,9 @@ class Method:
     def loss(
         self, model: nn.Module, family: ModelFamily, inputs: torch.Tensor, labels: torch.Tensor, round_config: Mapping[str, float]
     ) -> torch.Tensor:
-        """Return the client's training loss on a batch: cross-entropy of the model's logits."""
-        return F.cross_entropy(model(inputs).float(), labels)
+        """Return the client's training loss on a batch: the family objective's (cross-entropy of the
+        model's logits for classification, mean token NLL on the response tokens for a causal LM)."""
+        return family.objective.loss(family, model, inputs, labels)
 
     def after_local_training(self, job: LocalRound) -> State | None:
         """Return the keys of the client's trained state that the method's client step replaces after

@@ -41,23 +41,30 @@ def exit_blocks(blocks: Sequence[int], every: int) -> list[int]:
 
 
 class ExitHead(nn.Module):
-    """An intermediate classifier: LayerNorm on the tokens, the family's pooling, a linear layer."""
+    """An intermediate classifier: LayerNorm on the tokens, the family's pooling, a linear layer.
+
+    ``num_classes`` 0 (families whose output layer is pre-trained, ``fresh_head`` False: a causal LM's
+    output embedding over the whole vocabulary): no linear layer of its own; the exit's LayerNorm
+    feeds the family's frozen head (final norm and output layer), so an exit trains ``width`` x 2 values.
+    """
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.fc = nn.Linear(dim, num_classes)
-        nn.init.trunc_normal_(self.fc.weight, std=0.02)
-        nn.init.zeros_(self.fc.bias)
+        self.fc = nn.Linear(dim, num_classes) if num_classes else None
+        if self.fc is not None:
+            nn.init.trunc_normal_(self.fc.weight, std=0.02)
+            nn.init.zeros_(self.fc.bias)
 
     def forward(self, tokens: torch.Tensor, model: nn.Module, family: ModelFamily) -> torch.Tensor:
-        return self.fc(family.pool(model, self.norm(family.tokens_of(tokens))))
+        features = family.pool(model, self.norm(family.tokens_of(tokens)))
+        return self.fc(features) if self.fc is not None else family.head(model, features)
 
 
 def add_exits(model: nn.Module, family: ModelFamily, every: int) -> nn.Module:
     """Attach trainable exit heads (``model.exits``) after the held exit blocks of ``model``; return it."""
     param = next(model.parameters())
-    num_classes = model.head.out_features
+    num_classes = model.head.out_features if family.fresh_head else 0
     model.exits = nn.ModuleDict(
         {str(j): ExitHead(family.width(model), num_classes) for j in exit_blocks(held_blocks(model), every)}
     ).to(param.device)
@@ -77,6 +84,29 @@ def forward_outputs(model: nn.Module, family: ModelFamily, x: torch.Tensor) -> l
             outputs.append(exits[name](tokens, model, family))
     outputs.append(family.head(model, tokens))
     return outputs
+
+
+def scored_outputs(
+    model: nn.Module, family: ModelFamily, x: torch.Tensor, labels: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Return the float logits of every exit of ``model``, then of the final head, on the predictions
+    the family's objective scores (every example for classification, the response tokens of a causal
+    LM), and the matching 1-D labels."""
+    objective = family.objective
+    exits = getattr(model, "exits", None)
+    if not exits:
+        logits, y = objective.outputs(family, model, x, labels)
+        return [logits], y
+    outputs = []
+    tokens = family.embed(model, x)
+    for name, block in model.blocks.named_children():
+        tokens = block(tokens)
+        if name in exits:
+            features, y = objective.select(family, tokens, labels)
+            outputs.append(exits[name](features, model, family).float())
+    features, y = objective.select(family, tokens, labels)
+    outputs.append(objective.logits(family, model, features))
+    return outputs, y
 
 
 def consistency_weight(server_round: int, ramp_rounds: int = 500) -> float:
@@ -153,5 +183,5 @@ class DepthFL(Method):
         return {DISTILL_WEIGHT: consistency_weight(server_round, ramp)}
 
     def loss(self, model, family, inputs, labels, round_config: Mapping[str, float]) -> torch.Tensor:  # noqa: D102
-        outputs = forward_outputs(model, family, inputs)
-        return mutual_distillation_loss([o.float() for o in outputs], labels, float(round_config[DISTILL_WEIGHT]))
+        outputs, targets = scored_outputs(model, family, inputs, labels)
+        return mutual_distillation_loss(outputs, targets, float(round_config[DISTILL_WEIGHT]))
