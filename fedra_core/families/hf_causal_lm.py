@@ -25,9 +25,7 @@ models for tests; ``model_type`` defaults to ``llama``). Canonical state keys ma
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -35,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedra_core.cache import cache_dir
 from fedra_core.families.base import ModelFamily
+from fedra_core.families.hf_checkpoint import converted_file, file_sha256, read_renamed, safetensors_shards, save_canonical
 from fedra_core.objectives import CAUSAL_LM
 
 PREFIX = "hf-causal-lm:"
@@ -120,17 +118,6 @@ def load_config(folder: str | None, kwargs: dict[str, Any]) -> Any:
     return config
 
 
-def _shards(folder: Path) -> list[Path]:
-    single = folder / "model.safetensors"
-    if single.is_file():
-        return [single]
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return [folder / n for n in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    extra = " (pytorch_model.bin is never read: re-save the model with save_pretrained)"
-    raise ValueError(f"backbone '{PREFIX}{folder}': no model.safetensors in that folder{extra if (folder / 'pytorch_model.bin').is_file() else ''}")
-
-
 def canonical_from_native(key: str) -> str | None:
     """Map a ``*ForCausalLM`` checkpoint key to its canonical key; None for keys outside the model
     (rotary buffers). ``lm_head.weight`` maps to itself; the converter drops it for tied models."""
@@ -144,15 +131,6 @@ def canonical_from_native(key: str) -> str | None:
     if key.startswith("lm_head."):
         return key
     return None
-
-
-def file_sha256(path: Path) -> str:
-    """Return the sha256 (hex) of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class HFCausalLM(ModelFamily):
@@ -219,7 +197,7 @@ class HFCausalLM(ModelFamily):
 
         config = load_config(registry_name, kwargs)
         folder = Path(registry_name).expanduser().resolve() if registry_name is not None else None
-        shards = _shards(folder) if folder is not None else []
+        shards = safetensors_shards(folder, f"{PREFIX}{folder}") if folder is not None else []
         return {
             "hf_class": "AutoModelForCausalLM",
             "hf_model_type": config.model_type,
@@ -246,39 +224,23 @@ class HFCausalLM(ModelFamily):
         if reference is None:
             return None
         folder = Path(reference).expanduser().resolve()
-        shards = _shards(folder)
-        stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in shards]
-        tag = hashlib.sha256(json.dumps([_CONVERT_VERSION, str(folder), stats]).encode()).hexdigest()[:16]
-        out = cache_dir() / "backbones" / f"causal-{folder.name}-{tag}.safetensors"
+        shards = safetensors_shards(folder, f"{PREFIX}{folder}")
+        out = converted_file(folder, shards, "causal", _CONVERT_VERSION)
         if not out.is_file():
             _convert(folder, shards, load_config(str(folder), {}), out)
         return out
 
 
 def _convert(folder: Path, shards: list[Path], config: Any, out: Path) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    tensors: dict[str, torch.Tensor] = {}
-    digest = hashlib.sha256()
-    for shard in shards:
-        with open(shard, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        with safe_open(str(shard), framework="pt") as f:
-            for key in f.keys():
-                canonical = canonical_from_native(key)
-                if canonical is None or (tied and canonical.startswith("lm_head.")):
-                    continue
-                value = f.get_tensor(key)
-                tensors[canonical] = value.float() if value.is_floating_point() else value
+
+    def rename(key: str) -> str | None:  # a tied output layer is the embedding: held once
+        canonical = canonical_from_native(key)
+        return None if canonical is None or (tied and canonical.startswith("lm_head.")) else canonical
+
+    tensors, digest = read_renamed(shards, rename)
     if not any(k.startswith("blocks.") for k in tensors):
         raise ValueError(f"backbone '{PREFIX}{folder}': no decoder layer (model.layers.*) in its safetensors")
     if not tied and "lm_head.weight" not in tensors:
         raise ValueError(f"backbone '{PREFIX}{folder}': tie_word_embeddings is false but the checkpoint has no lm_head.weight")
-    meta = {"source": f"transformers checkpoint {folder}", "source_sha256": digest.hexdigest()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # writers racing on one cache each use their own
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, out)
+    save_canonical(tensors, out, folder, digest)

@@ -19,9 +19,7 @@ tests). ``model_kwargs`` override the folder's config. Canonical state keys map 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedra_core.cache import cache_dir
 from fedra_core.families.base import ModelFamily
+from fedra_core.families.hf_checkpoint import converted_file, read_renamed, safetensors_shards, save_canonical
 
 HF_PREFIX = "hf:"
 SUPPORTED_MODEL_TYPES = ("bert",)
@@ -113,18 +111,6 @@ def load_config(folder: str | None, kwargs: dict[str, Any]) -> Any:
     if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
         raise ValueError(f"hf-encoder: position_embedding_type {config.position_embedding_type!r} is not supported (only absolute)")
     return config
-
-
-def _shards(folder: Path) -> list[Path]:
-    single = folder / "model.safetensors"
-    if single.is_file():
-        return [single]
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / n for n in names]
-    extra = " (pytorch_model.bin is never read: re-save the model with save_pretrained(..., safe_serialization=True))"
-    raise ValueError(f"backbone 'hf:{folder}': no model.safetensors in that folder{extra if (folder / 'pytorch_model.bin').is_file() else ''}")
 
 
 def canonical_from_native(key: str) -> str | None:
@@ -229,32 +215,15 @@ class HFEncoder(ModelFamily):
         if reference is None:
             return None
         folder = Path(reference).expanduser().resolve()
-        shards = _shards(folder)
-        stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in shards]
-        tag = hashlib.sha256(json.dumps([_CONVERT_VERSION, str(folder), stats]).encode()).hexdigest()[:16]
-        out = cache_dir() / "backbones" / f"hf-{folder.name}-{tag}.safetensors"
+        shards = safetensors_shards(folder, f"{HF_PREFIX}{folder}")
+        out = converted_file(folder, shards, "hf", _CONVERT_VERSION)
         if not out.is_file():
             _convert(folder, shards, out)
         return out
 
 
 def _convert(folder: Path, shards: list[Path], out: Path) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    digest = hashlib.sha256()
-    for shard in shards:
-        with open(shard, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        with safe_open(str(shard), framework="pt") as f:
-            for key in f.keys():
-                canonical = canonical_from_native(key)
-                if canonical is None:
-                    continue
-                value = f.get_tensor(key)
-                tensors[canonical] = value.float() if value.is_floating_point() else value
+    tensors, digest = read_renamed(shards, canonical_from_native)
     if not any(k.startswith("pooler.") for k in tensors):
         raise ValueError(
             f"backbone 'hf:{folder}': the checkpoint has no pooler (bert.pooler.dense.*); BertForSequenceClassification "
@@ -262,8 +231,4 @@ def _convert(folder: Path, shards: list[Path], out: Path) -> None:
         )
     if not any(k.startswith("blocks.") for k in tensors):
         raise ValueError(f"backbone 'hf:{folder}': no encoder layer (bert.encoder.layer.*) in model.safetensors")
-    meta = {"source": f"transformers checkpoint {folder}", "source_sha256": digest.hexdigest()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # writers racing on one cache each use their own
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, out)
+    save_canonical(tensors, out, folder, digest)
