@@ -162,7 +162,9 @@ def _start_bad_nodes(federation: LocalFederation, stuck: Path) -> None:
 def test_fault_drill_nodes_crash_hang_and_misconfigure_and_the_run_goes_on(federation, shared, tmp_path):
     folder = tmp_path / "drill"
     # the timeouts leave room for a node's cold start (a fresh app process, its data loaded) on 2 busy cores
-    config = {**RUN, "num-server-rounds": 7, "eval-every": 7, "round-timeout": 40.0, "query-timeout": 45.0,
+    # 9 rounds: with warm node workers a round is short, and several close while the killed node is
+    # being marked offline; both faults must still hit before the last round
+    config = {**RUN, "num-server-rounds": 9, "eval-every": 9, "round-timeout": 40.0, "query-timeout": 45.0,
               "output-dir": str(tmp_path), "run-name": "drill"}
     marks: dict[str, int] = {}
 
@@ -202,7 +204,7 @@ def test_fault_drill_nodes_crash_hang_and_misconfigure_and_the_run_goes_on(feder
     assert result.ok, result.output[-3000:]
 
     records = _records(folder)
-    assert [r["round"] for r in records] == list(range(8))
+    assert [r["round"] for r in records] == list(range(10))
 
     def domains(r: dict, which: str) -> set[str]:
         label = dict(zip(r["node-ids"], r["node-labels"]))
@@ -218,7 +220,7 @@ def test_fault_drill_nodes_crash_hang_and_misconfigure_and_the_run_goes_on(feder
         return out
 
     killed_round, frozen_round = marks["killed"], marks["frozen"]  # records[k] is round k
-    assert frozen_round == killed_round + 1 and frozen_round < 7, marks  # both faults hit before the last round
+    assert killed_round < frozen_round < 9, marks  # both faults hit before the last round
     for r in records[1:]:
         assert domains(r, "accepted") | domains(r, "rejected") <= {"mnist", "printed", "usps"}
     # site-c died in the middle of its round: that round closed at its timeout without it, the run went on
@@ -250,5 +252,6 @@ def test_fault_drill_nodes_crash_hang_and_misconfigure_and_the_run_goes_on(feder
     for _, expected in BAD_NODES.values():
         assert any(expected in r for r in reasons.values()), (expected, reasons)
     assert len(reasons) == len(BAD_NODES)
-    # one line per query: a refused node is asked again after 2, 4, ... rounds, not every round
-    assert all(sum(1 for n, _ in left_out if n == node) <= 2 for node in dict(left_out))
+    # one line per query: a refused node is asked again after 2, 4, ... rounds, not every round (from
+    # round 2 of 9: rounds 2, 4 and 8 at most)
+    assert all(sum(1 for n, _ in left_out if n == node) <= 3 for node in dict(left_out))
