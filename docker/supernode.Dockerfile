@@ -31,7 +31,8 @@ RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" bash .fedra-build/install_deps.sh torch
 COPY --chown=app:app pyproject.toml .fedra-build/
 # declared here, after the torch layer: a build argument invalidates the RUNs that follow it
 ARG WITH_DIGITS=1
-RUN WITH_DIGITS="${WITH_DIGITS}" bash .fedra-build/install_deps.sh rest .fedra-build/pyproject.toml \
+ARG WITH_LLM=0
+RUN WITH_DIGITS="${WITH_DIGITS}" WITH_LLM="${WITH_LLM}" bash .fedra-build/install_deps.sh rest .fedra-build/pyproject.toml \
     && rm -rf .fedra-build
 
 ENV FEDRA_CACHE=/data/cache

