@@ -222,3 +222,27 @@ def test_a_wrong_family_stops_before_any_run(tmp_path, monkeypatch: pytest.Monke
     with pytest.raises(SystemExit):
         accuracy.main(["--settings", "feature", "--rows", "fedra", "depthfl", "--reference", "fedra",
                        "--family", "fedra:alllarge", "--out", str(tmp_path), "--results-dir", str(tmp_path)])
+
+
+def test_causal_lm_baselines_are_paired_with_fedra_by_seed_with_bonferroni_intervals():
+    """Hand-worked: two baselines against FedRA over three seeds (df 2, where the t distribution has the
+    closed form F(t) = 1/2 + t / (2 sqrt(t^2 + 2)))."""
+    from bench.causal_lm_accuracy import compare_to_fedra
+
+    nll = {"fedra": {0: 3.0, 1: 3.1, 2: 3.2}, "depthfl": {0: 4.0, 1: 4.3, 2: 4.2, 3: 9.9},
+           "alllarge": {0: 2.5, 1: 2.7, 2: 2.6}}
+    out = compare_to_fedra(nll)
+    t_crit = lambda q: (2 * q - 1) * math.sqrt(2) / math.sqrt(1 - (2 * q - 1) ** 2)  # noqa: E731  df 2
+    half = t_crit(1 - 0.05 / 2 / 2) / math.sqrt(3)  # two baselines: level 1 - 0.05/2
+    depth, large = out["depthfl"], out["alllarge"]
+    assert depth["seeds"] == [0, 1, 2] and depth["n"] == 3  # seed 3 has no FedRA run to pair with
+    sd = math.sqrt(((1.0 - 16 / 15) ** 2 + (1.2 - 16 / 15) ** 2 + (1.0 - 16 / 15) ** 2) / 2)
+    assert depth["mean"] == pytest.approx(16 / 15) and depth["sd"] == pytest.approx(sd)
+    assert (depth["lo_bonf"], depth["hi_bonf"]) == pytest.approx((16 / 15 - half * sd, 16 / 15 + half * sd))
+    assert depth["verdict"] == "FedRA better"
+    assert large["mean"] == pytest.approx(-0.5) and large["sd"] == pytest.approx(0.1)
+    assert large["hi_bonf"] == pytest.approx(-0.5 + half * 0.1) and large["verdict"] == "FedRA worse"
+    p_depth, p_large = _p_two_sided(16 / 15 / (sd / math.sqrt(3)), 2), _p_two_sided(0.5 / (0.1 / math.sqrt(3)), 2)
+    assert depth["p_holm"] == pytest.approx(2 * p_depth, rel=1e-6) and large["p_holm"] == pytest.approx(max(p_large, 2 * p_depth), rel=1e-6)
+    one_seed = compare_to_fedra({"fedra": {0: 3.0}, "depthfl": {0: 4.0}})
+    assert one_seed["depthfl"]["verdict"] == "n/a" and one_seed["depthfl"]["lo_bonf"] is None
