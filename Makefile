@@ -35,17 +35,16 @@ demo-llm: venv
 # The tests keep their own cache (built digits benchmark, seeded backbones), apart from the demo's.
 TEST_ENV := FEDRA_CACHE=$(CURDIR)/.cache/tests HF_HUB_OFFLINE=1
 
-# everything but the docker-compose federation (its image build alone takes minutes: make test-compose)
-# make test runs serially: on two pytest-xdist workers two real federations ran at once and the fault
-# drill's 40 s timeouts failed (README: Tests). The fast tests have no real process: two workers, one
-# file at a time each, each with its own test cache (tests/conftest.py).
-XDIST := -n 2 --dist loadfile
-
+# everything but the docker-compose federation (its image build alone takes minutes: make test-compose),
+# on two pytest-xdist workers: the tests that use the shared real federation run in order on one
+# worker (one xdist group, so never two such federations at once), everything else on the other at a
+# lower CPU priority (tests/conftest.py), so that the federation's rounds keep within their timeouts.
+# Each worker keeps its own test cache. The fast tests have no real process: one file at a time each.
 test: venv
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not docker" --durations=15
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not docker" -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 test-fast: venv
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not docker" $(XDIST)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not docker" -n 2 --dist loadfile
 
 # The docker-compose federation built and run for real (needs Docker; see tests/test_compose_up.py)
 test-compose: venv

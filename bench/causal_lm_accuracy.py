@@ -19,7 +19,6 @@ GPU, for more rounds and seeds: ``python -m bench.causal_lm_accuracy --rounds 30
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import subprocess
 import sys

@@ -86,10 +86,39 @@ _deployment = None  # the session's SharedFederation once started (see deploymen
 _last_deployment_test = None  # the last test of the session that uses it
 
 
+FEDERATION_GROUP = "shared-federation"  # the pytest-xdist group of the tests that use the shared federation
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(session, config, items):
+    """Order and group the tests for ``make test``'s two pytest-xdist workers (``--dist loadgroup
+    --no-loadscope-reorder``): the tests that use the shared federation come first and form one group,
+    which the first worker takes and runs in order (one real federation at a time); every other test
+    file is a group of its own, handed to whichever worker is free."""
     global _last_deployment_test
     users = [item for item in items if "deployment" in getattr(item, "fixturenames", ())]
     _last_deployment_test = users[-1] if users else None
+    others = [item for item in items if item not in users]
+    for item in users:
+        item.add_marker(pytest.mark.xdist_group(FEDERATION_GROUP))
+    for item in others:
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items[:] = users + others
+
+
+_yielded = False  # this worker lowered its priority (see below)
+
+
+@pytest.fixture(autouse=True)
+def _yield_to_the_shared_federation(request):
+    """Under pytest-xdist, a worker running a test outside the shared federation's group lowers its own
+    CPU priority (nice 10, for good: a process cannot raise it again), so that on 2 cores the in-process
+    tests take what the real federation leaves and do not push its rounds past their timeouts."""
+    global _yielded
+    if not _yielded and os.environ.get("PYTEST_XDIST_WORKER") and "deployment" not in request.fixturenames:
+        os.nice(10)
+        _yielded = True
+    yield
 
 
 @pytest.hookimpl(hookwrapper=True)

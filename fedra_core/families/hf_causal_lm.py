@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from fedra_core.families.base import ModelFamily
-from fedra_core.families.hf_checkpoint import converted_file, file_sha256, read_renamed, safetensors_shards, save_canonical
+from fedra_core.families.hf_checkpoint import converted_weights, file_sha256, read_renamed, safetensors_shards, save_canonical
 from fedra_core.objectives import CAUSAL_LM
 
 PREFIX = "hf-causal-lm:"
@@ -221,18 +221,11 @@ class HFCausalLM(ModelFamily):
     def local_weights(self, reference: str | None) -> Path | None:
         """Convert the folder's ``model.safetensors`` (or its shards) to one file of canonical float32
         keys in ``cache_dir()/backbones``, once per source file version (path, size, mtime); return it."""
-        if reference is None:
-            return None
-        folder = Path(reference).expanduser().resolve()
-        shards = safetensors_shards(folder, f"{PREFIX}{folder}")
-        out = converted_file(folder, shards, "causal", _CONVERT_VERSION)
-        if not out.is_file():
-            _convert(folder, shards, load_config(str(folder), {}), out)
-        return out
+        return converted_weights(reference, PREFIX, "causal", _CONVERT_VERSION, _convert)
 
 
-def _convert(folder: Path, shards: list[Path], config: Any, out: Path) -> None:
-    tied = bool(getattr(config, "tie_word_embeddings", False))
+def _convert(folder: Path, shards: list[Path], out: Path) -> None:
+    tied = bool(getattr(load_config(str(folder), {}), "tie_word_embeddings", False))
 
     def rename(key: str) -> str | None:  # a tied output layer is the embedding: held once
         canonical = canonical_from_native(key)

@@ -38,13 +38,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def converted_file(folder: Path, shards: list[Path], stem: str, version: int) -> Path:
-    """Return where the canonical file of ``folder``'s checkpoint lives in ``cache_dir()/backbones``:
-    named after ``stem``, the folder and a hash of the converter ``version`` and each shard's (name,
-    size, mtime), so a changed checkpoint is converted again."""
+def converted_weights(reference: str | None, prefix: str, stem: str, version: int,
+                      convert: Callable[[Path, list[Path], Path], None]) -> Path | None:
+    """Return the canonical float32 file of the transformers folder ``reference`` (None: None), made
+    by ``convert(folder, shards, out)`` the first time. It lives in ``cache_dir()/backbones``, named
+    after ``stem``, the folder and a hash of the converter ``version`` and each shard's (name, size,
+    mtime), so a changed checkpoint is converted again; ``prefix`` names the backbone in errors."""
+    if reference is None:
+        return None
+    folder = Path(reference).expanduser().resolve()
+    shards = safetensors_shards(folder, f"{prefix}{folder}")
     stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in shards]
     tag = hashlib.sha256(json.dumps([version, str(folder), stats]).encode()).hexdigest()[:16]
-    return cache_dir() / "backbones" / f"{stem}-{folder.name}-{tag}.safetensors"
+    out = cache_dir() / "backbones" / f"{stem}-{folder.name}-{tag}.safetensors"
+    if not out.is_file():
+        convert(folder, shards, out)
+    return out
 
 
 def read_renamed(shards: list[Path], rename: Callable[[str], str | None]) -> tuple[dict[str, torch.Tensor], str]:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from fedra_core.families.base import ModelFamily
-from fedra_core.families.hf_checkpoint import converted_file, read_renamed, safetensors_shards, save_canonical
+from fedra_core.families.hf_checkpoint import converted_weights, read_renamed, save_canonical
 
 HF_PREFIX = "hf:"
 SUPPORTED_MODEL_TYPES = ("bert",)
@@ -212,14 +212,7 @@ class HFEncoder(ModelFamily):
     def local_weights(self, reference: str | None) -> Path | None:
         """Convert the folder's ``model.safetensors`` (or its shards) to one file of canonical float32
         keys in ``cache_dir()/backbones``, once per source file version (path, size, mtime); return it."""
-        if reference is None:
-            return None
-        folder = Path(reference).expanduser().resolve()
-        shards = safetensors_shards(folder, f"{HF_PREFIX}{folder}")
-        out = converted_file(folder, shards, "hf", _CONVERT_VERSION)
-        if not out.is_file():
-            _convert(folder, shards, out)
-        return out
+        return converted_weights(reference, HF_PREFIX, "hf", _CONVERT_VERSION, _convert)
 
 
 def _convert(folder: Path, shards: list[Path], out: Path) -> None:
