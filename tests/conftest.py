@@ -86,39 +86,41 @@ _deployment = None  # the session's SharedFederation once started (see deploymen
 _last_deployment_test = None  # the last test of the session that uses it
 
 
-FEDERATION_GROUP = "shared-federation"  # the pytest-xdist group of the tests that use the shared federation
+# The test files that run a real TLS federation: the shared one's users, then those with one of their
+# own. make test's two pytest-xdist workers run them one file after the other on one worker (see below).
+FEDERATION_FILES = ("tests/test_control_api.py", "tests/test_deploy.py", "tests/test_deploy_privacy.py",
+                    "tests/test_faults.py", "tests/test_deploy_llm.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
-    """Order and group the tests for ``make test``'s two pytest-xdist workers (``--dist loadgroup
-    --no-loadscope-reorder``): the tests that use the shared federation come first and form one group,
-    which the first worker takes and runs in order (one real federation at a time); every other test
-    file is a group of its own, handed to whichever worker is free."""
+    """Run the federation files first, in FEDERATION_FILES' order, and check that the list is whole: a
+    test that uses the shared federation or is marked ``federation`` outside it stops the session."""
     global _last_deployment_test
     users = [item for item in items if "deployment" in getattr(item, "fixturenames", ())]
     _last_deployment_test = users[-1] if users else None
-    others = [item for item in items if item not in users]
-    for item in users:
-        item.add_marker(pytest.mark.xdist_group(FEDERATION_GROUP))
-    for item in others:
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-    items[:] = users + others
+    federated = users + [item for item in items if item.get_closest_marker("federation")]
+    stray = sorted({item.nodeid.split("::")[0] for item in federated} - set(FEDERATION_FILES))
+    if stray:
+        raise pytest.UsageError(f"{stray} run a real federation: add them to FEDERATION_FILES in tests/conftest.py")
+    order = {name: i for i, name in enumerate(FEDERATION_FILES)}
+    items.sort(key=lambda item: order.get(item.nodeid.split("::")[0], len(order)))  # stable: file order otherwise
 
 
-_yielded = False  # this worker lowered its priority (see below)
+def pytest_xdist_make_scheduler(config, log):
+    """``make test``'s pytest-xdist schedule: one work unit per test file, except that the federation files
+    are one unit together, handed out first, so one worker runs them in order (never two real
+    federations at once, whose round and query timeouts the fault tests check) while the other worker
+    takes the other files one at a time. (xdist's own ``loadgroup`` marks do not group under pytest 9.)"""
+    from xdist.scheduler import LoadScopeScheduling
 
+    class FederationFilesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "real-federation" if path in FEDERATION_FILES else path
 
-@pytest.fixture(autouse=True)
-def _yield_to_the_shared_federation(request):
-    """Under pytest-xdist, a worker running a test outside the shared federation's group lowers its own
-    CPU priority (nice 10, for good: a process cannot raise it again), so that on 2 cores the in-process
-    tests take what the real federation leaves and do not push its rounds past their timeouts."""
-    global _yielded
-    if not _yielded and os.environ.get("PYTEST_XDIST_WORKER") and "deployment" not in request.fixturenames:
-        os.nice(10)
-        _yielded = True
-    yield
+    config.option.loadscopereorder = False  # keep the collection's order: the federation unit first
+    return FederationFilesTogether(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True)

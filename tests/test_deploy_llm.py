@@ -14,7 +14,7 @@ import pytest
 from causal_lm_helpers import text_node
 from server_app.outputs import read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.federation]
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # deploy/ is not installed: import it from the checkout

@@ -32,7 +32,7 @@ import psutil
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]  # make test-faults, not make test
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # deploy/ is not installed: import it from the checkout

@@ -288,15 +288,18 @@ def _spawn_worker(folder: Path, owner: int, idle: float) -> subprocess.Popen:
 @pytest.mark.slow
 def test_a_worker_exits_when_idle_or_when_its_owner_is_gone(tmp_path):
     owner = subprocess.Popen(["sleep", "300"])
+    # the folders worker_dir gives: under a long tmp_path (pytest-xdist's) the socket path would be too
+    # long, and they move to the system's temp folder
+    a, b = (channel.worker_dir(tmp_path, os.urandom(8).hex()) for _ in range(2))
     try:
-        by_owner = _spawn_worker(channel.worker_dir(tmp_path, "a" * 16), owner.pid, 600)
-        by_idle = _spawn_worker(channel.worker_dir(tmp_path, "b" * 16), owner.pid, 2)
-        _wait(lambda: (tmp_path / "node-workers" / ("a" * 16) / channel.PID).exists(), 120)
+        by_owner = _spawn_worker(a, owner.pid, 600)
+        by_idle = _spawn_worker(b, owner.pid, 2)
+        _wait(lambda: (a / channel.PID).exists(), 120)
         assert by_idle.wait(timeout=120) == 0 and "exiting: idle for 2 s" in by_idle.stderr.read()
         assert by_owner.poll() is None
         owner.kill()
         owner.wait()
         assert by_owner.wait(timeout=10) == 0 and f"exiting: its owner process {owner.pid} is gone" in by_owner.stderr.read()
-        assert not (tmp_path / "node-workers" / ("a" * 16) / channel.SOCKET).exists()
+        assert not (a / channel.SOCKET).exists()
     finally:
         owner.kill()
