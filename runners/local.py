@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
@@ -41,6 +42,7 @@ class InProcessGrid(Grid):
         }
         self.intercept = intercept
         self.sent: list[Message] = []
+        self._replies: dict[str, list[Message]] = {}  # message id -> its replies, until pulled
 
     def set_run(self, run) -> None:  # noqa: D102
         pass
@@ -58,18 +60,14 @@ class InProcessGrid(Grid):
     def get_nodes(self):  # noqa: D102
         raise NotImplementedError
 
-    def push_messages(self, messages):  # noqa: D102
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # noqa: D102
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Run the ClientApp on each message; a raised exception becomes an error reply, as in Flower."""
-        replies = []
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Run the ClientApp on each message now (a raised exception becomes an error reply, as in
+        Flower) and keep the replies for :meth:`pull_messages`; return the messages' ids."""
+        ids = []
         for message in messages:
             self.sent.append(message)
             message.metadata.__dict__["_message_id"] = message.object_id  # as Flower's grids stamp it on push
+            ids.append(message.object_id)
             nid = message.metadata.dst_node_id
             try:
                 reply = self.client_app(message, self.contexts[nid])
@@ -77,9 +75,21 @@ class InProcessGrid(Grid):
                 reply = Message(Error(code=1, reason=f"{exc.__class__.__name__}: {exc}"), reply_to=message)
             if self.intercept is not None:
                 reply = self.intercept(nid, message, reply)
+            kept = self._replies.setdefault(message.object_id, [])
             if reply is not None:
-                replies.append(reply)
-        return replies
+                kept.append(reply)
+            if reply is None or reply.metadata.reply_to_message_id != message.object_id:
+                # unanswered: the SuperLink's stand-in once the message expires (read as no reply)
+                kept.append(Message(Error(code=ErrorCode.MESSAGE_UNAVAILABLE, reason="no reply"), reply_to=message))
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """Return (once) the kept replies to ``message_ids``."""
+        return [reply for i in list(message_ids) for reply in self._replies.pop(i, [])]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push ``messages`` and return every reply."""
+        return self.pull_messages(self.push_messages(messages))
 
 
 def load_component(kind: str) -> ClientApp:

@@ -107,6 +107,7 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: order.get(item.nodeid.split("::")[0], len(order)))  # stable: file order otherwise
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown without it
 def pytest_xdist_make_scheduler(config, log):
     """``make test``'s pytest-xdist schedule: one work unit per test file, except that the federation files
     are one unit together, handed out first, so one worker runs them in order (never two real
