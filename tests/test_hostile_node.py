@@ -98,14 +98,20 @@ class _QueryGrid:
 
     def __init__(self, nodes, answer):
         self.nodes, self.answer = nodes, answer
+        self.replies: list[Message] = []
 
     def get_node_ids(self):
         return list(self.nodes)
 
-    def send_and_receive(self, messages, timeout=None):
+    def push_messages(self, messages):
         for m in messages:
             m.metadata.__dict__["_message_id"] = m.object_id
-        return [self.answer(m) for m in messages]
+        self.replies += [self.answer(m) for m in messages]
+        return [m.object_id for m in messages]
+
+    def pull_messages(self, message_ids):
+        replies, self.replies = self.replies, []
+        return replies
 
 
 def _query_reply(message: Message, **overrides) -> Message:
