@@ -37,6 +37,7 @@ from fedra_core import wire
 from fedra_core.methods import get_method
 from fedra_core.run_config import load_run_config
 from runners.local import InProcessGrid
+from server_app.exchange import send_and_receive
 from server_app.secagg_strategy import SecAggStrategy
 from server_app.secure_aggregation import config_nbytes, secure_train_round
 from server_app.strategy import NodeInfo, record_nbytes
@@ -139,7 +140,7 @@ def simulate_round(num_nodes: int, secure: bool, drop: Iterable[int] = (), width
         arrays, metrics = secure_train_round(grid, strategy, 1, state, cfg)
     else:
         messages = list(strategy.configure_train(1, ArrayRecord(state), ConfigRecord(), grid))
-        arrays, metrics = strategy.aggregate_train(1, grid.send_and_receive(messages))
+        arrays, metrics = strategy.aggregate_train(1, send_and_receive(grid, messages, cfg.round_timeout))
     wall = time.perf_counter() - start
     return {
         "state": None if arrays is None else arrays.to_torch_state_dict(),
