@@ -96,15 +96,24 @@ FEDERATION_FILES = ("tests/test_control_api.py", "tests/test_deploy.py", "tests/
 def pytest_collection_modifyitems(session, config, items):
     """Run the federation files first, in FEDERATION_FILES' order, and check that the list is whole: a
     test that uses the shared federation or is marked ``federation`` outside it stops the session."""
-    global _last_deployment_test
-    users = [item for item in items if "deployment" in getattr(item, "fixturenames", ())]
-    _last_deployment_test = users[-1] if users else None
+    users = [item for item in items if _uses_deployment(item)]
     federated = users + [item for item in items if item.get_closest_marker("federation")]
     stray = sorted({item.nodeid.split("::")[0] for item in federated} - set(FEDERATION_FILES))
     if stray:
         raise pytest.UsageError(f"{stray} run a real federation: add them to FEDERATION_FILES in tests/conftest.py")
     order = {name: i for i, name in enumerate(FEDERATION_FILES)}
     items.sort(key=lambda item: order.get(item.nodeid.split("::")[0], len(order)))  # stable: file order otherwise
+
+
+def _uses_deployment(item: pytest.Item) -> bool:
+    return "deployment" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_finish(session):
+    """Note the last test that uses the shared federation, among those that run (after ``-m``)."""
+    global _last_deployment_test
+    users = [item for item in session.items if _uses_deployment(item)]
+    _last_deployment_test = users[-1] if users else None
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown without it
