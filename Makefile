@@ -46,7 +46,7 @@ test-fast: venv
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not docker" -n 2
 
 # The fault drill (nodes killed, frozen, misconfigured, hung) and the SuperLink killed and restarted, on
-# the real shared federation, alone: about 8 minutes, most of it the round and query timeouts and the
+# the real shared federation, alone: about 10 minutes, most of it the round and query timeouts and the
 # missed heartbeats they exist to prove. .ci/run runs them after make test.
 test-faults: venv
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m faults --durations=5
