@@ -33,6 +33,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from runners import processes
@@ -353,7 +354,7 @@ def _remove_stale_projects() -> None:
                              capture_output=True, text=True, timeout=60).stdout
         for project in set(out.split()):
             pid = project.removeprefix(PROJECT_PREFIX)
-            if not project.startswith(PROJECT_PREFIX) or not pid.isdigit() or _pid_alive(int(pid)):
+            if not project.startswith(PROJECT_PREFIX) or not pid.isdigit() or psutil.pid_exists(int(pid)):
                 continue
             if kind == "ps -a":
                 ids = _run(["docker", "ps", "-aq", "--filter", f"label={label}={project}"]).stdout.split()
@@ -361,16 +362,6 @@ def _remove_stale_projects() -> None:
             else:
                 vols = _run(["docker", "volume", "ls", "-q", "--filter", f"label={label}={project}"]).stdout.split()
                 _run(["docker", "volume", "rm", "-f", *vols], check=False)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _flwr_json(fed: dict, *args: str) -> dict:
